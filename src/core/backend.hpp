@@ -1,0 +1,39 @@
+// The backend interface (ggml's pattern): one small implementation per device
+// kind. Every backend answers the same calls and is tested against the CPU
+// backend by the same parameterised suites.
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <string>
+
+#include "core/problem.hpp"
+#include "core/status.hpp"
+
+namespace tmoe {
+
+struct ExecContext {
+  void* stream = nullptr;          // CUstream / hipStream_t; unused on the CPU
+  void* workspace = nullptr;       // caller-owned device buffer, or null
+  size_t workspace_bytes = 0;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual const char* name() const = 0;                // "cpu", "gpu"
+  virtual std::string device_name() const = 0;
+  // Ok, or Unsupported with the reason (dtype, shape, missing compiled target...).
+  virtual Status supports(const MoeProblem& problem) const = 0;
+  virtual size_t workspace_bytes(const MoeProblem& problem) const = 0;
+  // Called only with a validated problem that supports() accepted. Must not
+  // write `out` unless it succeeds.
+  virtual Status forward(const MoeProblem& problem, const ExecContext& exec) = 0;
+};
+
+// Factories; each reports why it cannot make a backend instead of falling back.
+Status make_cpu_backend(std::unique_ptr<Backend>* backend);
+Status make_gpu_backend(int device, std::unique_ptr<Backend>* backend);
+Status gpu_device_count(int* count);
+
+}  // namespace tmoe
