@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Builds everything and passes the tests: the Release build (CPU backend, kernel
+# bundle, fake-driver GPU runtime tests), then the CPU suites under ASan+UBSan.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+jobs=$(nproc)
+bash "$here/scripts/install-deps.sh"
+
+cmake -S "$here" -B "$here/build" -DCMAKE_BUILD_TYPE=Release
+cmake --build "$here/build" -j"$jobs"
+ctest --test-dir "$here/build" --output-on-failure -j"$jobs"
+
+# Sanitizers: the same suites without the kernel bundle (nothing in it runs on a CPU).
+cmake -S "$here" -B "$here/build-sanitize" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTMOE_SANITIZE=ON -DTMOE_BUILD_KERNELS=OFF
+cmake --build "$here/build-sanitize" -j"$jobs" --target tmoe_tests tmoe_abi_tests
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+  ctest --test-dir "$here/build-sanitize" --output-on-failure -j"$jobs"
