@@ -1,0 +1,79 @@
+"""Stage 2, align: expert ids -> the alignment of src/core/align.hpp, on the device.
+
+Two launches over the same grid, one program per CHUNK of slots:
+  align_count    per-chunk expert histograms into chunk_counts [num_chunks, E], and
+                 the sentinel into every position of sorted_slots;
+  align_scatter  every program sums the histograms (totals, and the chunks before
+                 its own), derives counts and offsets, writes its slots at their
+                 stable positions and its share of block_expert.
+No atomics: the output is a function of the ids alone.
+"""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def chunk_ids(topk_ids, chunk, num_slots, CHUNK: tl.constexpr):
+    """Lanes of the chunk, which of them hold a slot, and those slots' experts."""
+    lanes = tl.arange(0, CHUNK)
+    is_slot = chunk * CHUNK + lanes < num_slots
+    experts = tl.load(topk_ids + chunk * CHUNK + lanes, mask=is_slot, other=0)
+    return lanes, is_slot, experts
+
+
+@triton.jit
+def align_count(topk_ids, chunk_counts, sorted_slots, num_slots, E, capacity, CHUNK: tl.constexpr,
+                BLOCK_E: tl.constexpr):
+    chunk = tl.program_id(0)
+    lanes, is_slot, experts = chunk_ids(topk_ids, chunk, num_slots, CHUNK)
+    counts = tl.histogram(experts, BLOCK_E, mask=is_slot)
+    bins = tl.arange(0, BLOCK_E)
+    tl.store(chunk_counts + chunk * E + bins, counts, mask=bins < E)
+    # Padding holds the sentinel num_slots; align_scatter overwrites the real positions.
+    for start in range(chunk * CHUNK, capacity, tl.num_programs(0) * CHUNK):
+        tl.store(sorted_slots + start + lanes, num_slots, mask=start + lanes < capacity)
+
+
+@triton.jit
+def align_scatter(topk_ids, chunk_counts, expert_counts, expert_offsets, sorted_slots, block_expert, num_slots, E,
+                  block_m, capacity, CHUNK: tl.constexpr, BLOCK_E: tl.constexpr):
+    chunk = tl.program_id(0)
+    num_chunks = tl.num_programs(0)
+    bins = tl.arange(0, BLOCK_E)
+    is_expert = bins < E
+    counts = tl.zeros([BLOCK_E], tl.int32)
+    counts_before = tl.zeros([BLOCK_E], tl.int32)  # slots of each expert in earlier chunks
+    for c in range(num_chunks):
+        row = tl.load(chunk_counts + c * E + bins, mask=is_expert, other=0)
+        counts += row
+        counts_before += tl.where(c < chunk, row, 0)
+    padded = (counts + block_m - 1) // block_m * block_m
+    ends = tl.cumsum(padded, 0)
+    starts = ends - padded
+    padded_total = tl.sum(padded, 0)
+    if chunk == 0:
+        tl.store(expert_counts + bins, counts, mask=is_expert)
+        tl.store(expert_offsets + bins, starts, mask=is_expert)
+        tl.store(expert_offsets + E, padded_total)
+
+    # Sorting (expert, lane) keys lists the chunk's slots by expert, then slot: the
+    # stable order. A slot's position is then its expert's base plus its index in
+    # the sorted chunk, less the chunk slots of earlier experts.
+    lanes, is_slot, experts = chunk_ids(topk_ids, chunk, num_slots, CHUNK)
+    local_counts = tl.histogram(experts, BLOCK_E, mask=is_slot)
+    local_starts = tl.cumsum(local_counts, 0) - local_counts
+    keys = tl.sort(tl.where(is_slot, experts * CHUNK + lanes, BLOCK_E * CHUNK + lanes))
+    sorted_experts = keys // CHUNK
+    base = tl.gather(starts + counts_before - local_starts, tl.minimum(sorted_experts, BLOCK_E - 1), 0)
+    tl.store(sorted_slots + base + lanes, chunk * CHUNK + keys % CHUNK, mask=sorted_experts < BLOCK_E)
+
+    # Block b belongs to the first expert whose region ends past b*block_m, i.e. to
+    # expert number (count of regions ending at or before it); -1 past the total.
+    BLOCK_B: tl.constexpr = 4096 // BLOCK_E  # keeps the [BLOCK_B, BLOCK_E] comparison at 4096 lanes
+    num_blocks = capacity // block_m
+    for first in range(chunk * BLOCK_B, num_blocks, num_chunks * BLOCK_B):
+        blocks = first + tl.arange(0, BLOCK_B)
+        first_rows = blocks * block_m
+        ended = (ends[None, :] <= first_rows[:, None]) & is_expert[None, :]
+        expert = tl.where(first_rows < padded_total, tl.sum(ended.to(tl.int32), 1), -1)
+        tl.store(block_expert + blocks, expert, mask=blocks < num_blocks)

@@ -1,0 +1,55 @@
+"""Stage 4, down_combine: y = (h @ w2[expert]^T) * routing weight, per slot, then
+out[t] = sum of token t's rows of y, in fixed order, in f32.
+
+y has y_rows_per_token rows per token: the routed down GEMM writes slot t*top_k + j
+to row t*y_rows_per_token + j, and the shared expert, run as a dense problem
+(ROUTED false, weight 1), writes row t*y_rows_per_token + y_first_row. combine then
+sums every row of a token in one pass over out: deterministic, no atomics.
+y is f32 (tmoe.h: accumulation is f32 everywhere); with one row per token and no
+shared expert, down may instead write out directly (y typed as the activations).
+"""
+import triton
+import triton.language as tl
+
+from kernels.grouped_gemm import tile_coords, tile_expert, tile_slots
+
+
+@triton.jit
+def down(h, w2, y, sorted_slots, block_expert, topk_weights, num_slots, top_k, H, I, y_rows_per_token, y_first_row,
+         ROUTED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    pid_m, pid_n = tile_coords(H, BLOCK_N)
+    expert = tile_expert(block_expert, pid_m, ROUTED)
+    if expert < 0:
+        return
+    rows, slots, has_slot = tile_slots(sorted_slots, pid_m, num_slots, BLOCK_M, ROUTED)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = cols < H
+    ks = tl.arange(0, BLOCK_K)
+    h_tile = h + rows.to(tl.int64)[:, None] * I + ks[None, :]
+    w_tile = w2 + expert.to(tl.int64) * H * I + cols.to(tl.int64)[None, :] * I + ks[:, None]
+    acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    for k0 in range(0, I, BLOCK_K):
+        k_ok = ks < I - k0
+        a = tl.load(h_tile, mask=has_slot[:, None] & k_ok[None, :], other=0.0)
+        acc = tl.dot(a, tl.load(w_tile, mask=k_ok[:, None] & col_ok[None, :], other=0.0), acc)
+        h_tile += BLOCK_K
+        w_tile += BLOCK_K
+    if ROUTED:
+        acc = acc * tl.load(topk_weights + slots, mask=has_slot, other=0.0)[:, None]
+    tokens = slots // top_k
+    y_rows = tokens * y_rows_per_token + y_first_row + (slots - tokens * top_k)
+    y_tile = y + y_rows.to(tl.int64)[:, None] * H + cols[None, :]
+    tl.store(y_tile, acc.to(y.dtype.element_ty), mask=has_slot[:, None] & col_ok[None, :])
+
+
+@triton.jit
+def combine(y, out, H, rows_per_token, BLOCK_H: tl.constexpr):
+    pid = tl.program_id(0)
+    col_blocks = tl.cdiv(H, BLOCK_H)
+    token = (pid // col_blocks).to(tl.int64)
+    cols = (pid % col_blocks) * BLOCK_H + tl.arange(0, BLOCK_H)
+    col_ok = cols < H
+    acc = tl.zeros([BLOCK_H], tl.float32)
+    for j in range(rows_per_token):
+        acc += tl.load(y + (token * rows_per_token + j) * H + cols, mask=col_ok, other=0.0)
+    tl.store(out + token * H + cols, acc.to(out.dtype.element_ty), mask=col_ok)

@@ -1,0 +1,41 @@
+"""Stage 3, gate_up_swiglu: h = silu(x @ gate^T) * (x @ up^T) over the sorted slots.
+
+Each program gathers the token rows of its BLOCK_M block of slots (token = slot //
+top_k), streams the gate rows n and the up rows I + n of w13[expert] through two
+f32 accumulators and writes only h: the [slots, 2I] intermediate never exists.
+h is indexed by padded position (its rows line up with the down GEMM's blocks).
+"""
+import triton
+import triton.language as tl
+
+from kernels.grouped_gemm import tile_coords, tile_expert, tile_slots
+
+
+@triton.jit
+def gate_up_swiglu(x, w13, h, sorted_slots, block_expert, num_slots, top_k, H, I, ROUTED: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    pid_m, pid_n = tile_coords(I, BLOCK_N)
+    expert = tile_expert(block_expert, pid_m, ROUTED)
+    if expert < 0:
+        return
+    rows, slots, has_slot = tile_slots(sorted_slots, pid_m, num_slots, BLOCK_M, ROUTED)
+    tokens = slots // top_k
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = cols < I
+    ks = tl.arange(0, BLOCK_K)
+    x_tile = x + tokens.to(tl.int64)[:, None] * H + ks[None, :]
+    gate_tile = w13 + expert.to(tl.int64) * 2 * I * H + cols.to(tl.int64)[None, :] * H + ks[:, None]
+    up_offset = I.to(tl.int64) * H
+    acc_gate = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    acc_up = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    for k0 in range(0, H, BLOCK_K):
+        k_ok = ks < H - k0
+        a = tl.load(x_tile, mask=has_slot[:, None] & k_ok[None, :], other=0.0)
+        w_mask = k_ok[:, None] & col_ok[None, :]
+        acc_gate = tl.dot(a, tl.load(gate_tile, mask=w_mask, other=0.0), acc_gate)
+        acc_up = tl.dot(a, tl.load(gate_tile + up_offset, mask=w_mask, other=0.0), acc_up)
+        x_tile += BLOCK_K
+        gate_tile += BLOCK_K
+    out = acc_gate * tl.sigmoid(acc_gate) * acc_up
+    h_tile = h + rows.to(tl.int64)[:, None] * I + cols[None, :]
+    tl.store(h_tile, out.to(h.dtype.element_ty), mask=has_slot[:, None] & col_ok[None, :])

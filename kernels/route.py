@@ -1,0 +1,83 @@
+"""Stage 1, route: router logits -> top-k expert ids and weights, one program per token.
+
+Semantics are those of include/tmoe/tmoe.h, computed in f32: ties in every top-k go
+to the lower index (expert or group) and the chosen experts are written in
+descending order of their selection score.
+"""
+import triton
+import triton.language as tl
+
+# Numbered as tmoe_routing_mode in include/tmoe/tmoe.h.
+SOFTMAX_TOPK = tl.constexpr(0)
+TOPK_SOFTMAX = tl.constexpr(1)
+SIGMOID_GROUPED_TOPK = tl.constexpr(2)
+
+
+@triton.jit
+def argmax_lowest(values, available, lanes, NONE: tl.constexpr):
+    """Lane of the largest available value, the lowest lane among equals; NONE if none is available."""
+    masked = tl.where(available, values, float("-inf"))
+    best = tl.max(masked, 0)
+    return tl.min(tl.where(available & (masked == best), lanes, NONE), 0)
+
+
+@triton.jit
+def kept_groups(selection, valid, lanes, E, n_group, topk_group, BLOCK_E: tl.constexpr):
+    """Experts of the topk_group groups with the largest sum of their two best selection
+    scores (DeepSeek-V3); a group of one expert scores that expert alone."""
+    group_size = E // n_group
+    group_of = lanes // group_size
+    group_score = tl.full([BLOCK_E], float("-inf"), tl.float32)  # lane g holds group g
+    for g in range(n_group):
+        in_group = valid & (group_of == g)
+        first = argmax_lowest(selection, in_group, lanes, BLOCK_E)
+        best = tl.max(tl.where(in_group, selection, float("-inf")), 0)
+        second = tl.max(tl.where(in_group & (lanes != first), selection, float("-inf")), 0)
+        score = best + tl.where(group_size > 1, second, 0.0)
+        group_score = tl.where(lanes == g, score, group_score)
+    group_left = lanes < n_group
+    kept = lanes < 0
+    for _ in range(topk_group):
+        g = argmax_lowest(group_score, group_left, lanes, BLOCK_E)
+        group_left = group_left & (lanes != g)
+        kept = kept | (group_of == g)
+    return kept & valid
+
+
+@triton.jit
+def route(logits, correction_bias, topk_ids, topk_weights, E, top_k, mode, renormalize, n_group, topk_group,
+          routed_scaling_factor, has_correction_bias, BLOCK_E: tl.constexpr):
+    token = tl.program_id(0).to(tl.int64)
+    lanes = tl.arange(0, BLOCK_E)
+    valid = lanes < E
+    x = tl.load(logits + token * E + lanes, mask=valid, other=float("-inf")).to(tl.float32)
+    if mode == SIGMOID_GROUPED_TOPK:
+        weight_of = tl.sigmoid(x)
+        selection = weight_of
+        if has_correction_bias != 0:
+            selection = selection + tl.load(correction_bias + lanes, mask=valid, other=0.0)
+        eligible = kept_groups(selection, valid, lanes, E, n_group, topk_group, BLOCK_E)
+    else:
+        unnormalised = tl.exp(x - tl.max(x, 0))
+        weight_of = unnormalised / tl.sum(unnormalised, 0)
+        # softmax_topk ranks the probabilities, topk_softmax the logits (tmoe.h): the two
+        # orders differ only where exp() rounds two logits to one probability.
+        selection = tl.where(mode == TOPK_SOFTMAX, x, weight_of)
+        eligible = valid
+    # rank[e] = j when expert e is the token's j-th choice, -1 when not chosen.
+    rank = tl.full([BLOCK_E], -1, tl.int32)
+    for j in range(top_k):
+        chosen = argmax_lowest(selection, eligible & (rank < 0), lanes, BLOCK_E)
+        rank = tl.where(lanes == chosen, j, rank)
+    picked = rank >= 0
+    weights = tl.where(picked, weight_of, 0.0)
+    # topk_softmax is a softmax over the chosen logits, i.e. renormalised probabilities.
+    if (renormalize != 0) | (mode == TOPK_SOFTMAX):
+        total = tl.sum(weights, 0)
+        # A zero total means every chosen sigmoid underflowed: keep 0, not NaN (as the CPU).
+        weights = tl.where(total > 0, weights / total, weights)
+    if mode == SIGMOID_GROUPED_TOPK:
+        weights = weights * routed_scaling_factor
+    out = token * top_k + rank
+    tl.store(topk_ids + out, lanes, mask=picked)
+    tl.store(topk_weights + out, weights, mask=picked)

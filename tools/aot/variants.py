@@ -1,0 +1,140 @@
+"""The specialization matrix: which compiled variants of each kernel the bundle holds.
+
+Every variant is built for every target, under the same name, so the runtime
+selects by name (or by constexprs) the same way on every GPU; only the tile
+details behind a name (BLOCK_N, BLOCK_K, warps, stages) may differ per backend.
+A name says dtype, mode, BLOCK_M and whether the variant's hinted arguments must
+be multiples of 16 ("div16") or may be anything ("any": the fallback for odd
+shapes and unaligned pointers). Tiles are a first cut for small, mid and large T;
+tuning comes later.
+"""
+from dataclasses import dataclass
+
+TARGETS = ("cuda:80", "cuda:90", "hip:gfx90a", "hip:gfx942", "hip:gfx950")
+
+# Most shared memory (LDS) one program may use on each target: a variant above it fails the build.
+SHARED_LIMIT = {"cuda:80": 166912, "cuda:90": 232448, "hip:gfx90a": 65536, "hip:gfx942": 65536, "hip:gfx950": 163840}
+
+# Manifest dtype name -> Triton type name.
+TRITON_TYPE = {"f32": "fp32", "bf16": "bf16", "f16": "fp16", "i32": "i32"}
+
+ACTIVATION_DTYPES = ("bf16", "f16")
+LOGITS_DTYPES = ("f32", "bf16", "f16")
+EXPERT_BUCKETS = (64, 256, 1024)  # BLOCK_E: the variant serves E <= BLOCK_E
+ALIGN_CHUNKS = (256, 2048)        # slots per align program
+COMBINE_BLOCK_H = 1024
+
+
+@dataclass(frozen=True)
+class Config:
+    constexprs: dict
+    num_warps: int
+    num_stages: int
+
+
+# BLOCK_M -> backend -> (BLOCK_N, BLOCK_K, num_warps, num_stages). gate_up and down
+# pair by BLOCK_M (one alignment serves both GEMMs); BLOCK_M 32 is the unhinted
+# fallback. AMD keeps two stages: its pipeliner holds one buffer in LDS (64 KiB on
+# gfx90a/gfx942), the next in registers.
+GATE_UP_TILES = {
+    16: {"cuda": (64, 128, 4, 4), "hip": (64, 64, 4, 2)},
+    64: {"cuda": (64, 64, 4, 3), "hip": (64, 64, 4, 2)},
+    128: {"cuda": (128, 64, 8, 3), "hip": (128, 64, 8, 2)},
+}
+DOWN_TILES = {
+    16: {"cuda": (64, 128, 4, 4), "hip": (64, 64, 4, 2)},
+    64: {"cuda": (128, 64, 4, 3), "hip": (128, 64, 4, 2)},
+    128: {"cuda": (128, 64, 8, 3), "hip": (128, 64, 8, 2)},
+}
+FALLBACK_BLOCK_M = 32
+FALLBACK_TILE = {"cuda": (64, 64, 4, 3), "hip": (64, 64, 4, 2)}
+
+
+@dataclass(frozen=True)
+class Variant:
+    kernel: str      # stage name in the manifest and @triton.jit function name
+    module: str      # module under kernels/ that defines it
+    name: str
+    dtype: str
+    types: dict      # every non-constexpr argument -> Triton type (argument order comes from the function)
+    configs: dict    # backend ("cuda", "hip") -> Config
+    divisible_by_16: tuple = ()  # arguments promised multiples of 16 (pointers: 16-byte aligned addresses)
+
+
+def same_on_all_backends(constexprs, num_warps, num_stages):
+    config = Config(constexprs, num_warps, num_stages)
+    return {"cuda": config, "hip": config}
+
+
+def pointer(dtype):
+    return "*" + TRITON_TYPE[dtype]
+
+
+def route_variants():
+    for logits in LOGITS_DTYPES:
+        for block_e in EXPERT_BUCKETS:
+            types = dict(logits=pointer(logits), correction_bias="*fp32", topk_ids="*i32", topk_weights="*fp32",
+                         E="i32", top_k="i32", mode="i32", renormalize="i32", n_group="i32", topk_group="i32",
+                         routed_scaling_factor="fp32", has_correction_bias="i32")
+            # One warp: every reduction of the per-token top-k stays inside it.
+            yield Variant("route", "route", f"{logits}_e{block_e}", logits, types,
+                          same_on_all_backends(dict(BLOCK_E=block_e), 1, 1))
+
+
+def align_variants():
+    count_types = dict(topk_ids="*i32", chunk_counts="*i32", sorted_slots="*i32", num_slots="i32", E="i32",
+                       capacity="i32")
+    scatter_types = dict(topk_ids="*i32", chunk_counts="*i32", expert_counts="*i32", expert_offsets="*i32",
+                         sorted_slots="*i32", block_expert="*i32", num_slots="i32", E="i32", block_m="i32",
+                         capacity="i32")
+    for chunk in ALIGN_CHUNKS:
+        for block_e in EXPERT_BUCKETS:
+            configs = same_on_all_backends(dict(CHUNK=chunk, BLOCK_E=block_e), 4 if chunk <= 256 else 8, 1)
+            name = f"c{chunk}_e{block_e}"
+            yield Variant("align_count", "align", name, "i32", count_types, configs)
+            yield Variant("align_scatter", "align", name, "i32", scatter_types, configs)
+
+
+def gemm_variants(kernel, module, prefix, dtype, types, routed, tiles):
+    """The hinted variants of every BLOCK_M in tiles, then the unhinted fallback."""
+    pointers = tuple(arg for arg, ty in types.items() if ty.startswith("*"))
+    choices = [(block_m, per_backend, True) for block_m, per_backend in tiles.items()]
+    choices.append((FALLBACK_BLOCK_M, FALLBACK_TILE, False))
+    for block_m, per_backend, hinted in choices:
+        configs = {backend: Config(dict(ROUTED=routed, BLOCK_M=block_m, BLOCK_N=n, BLOCK_K=k), warps, stages)
+                   for backend, (n, k, warps, stages) in per_backend.items()}
+        yield Variant(kernel, module, f"{prefix}_m{block_m}_{'div16' if hinted else 'any'}", dtype, types, configs,
+                      pointers + ("H", "I") if hinted else ())
+
+
+def gate_up_variants():
+    for dtype in ACTIVATION_DTYPES:
+        a = pointer(dtype)
+        types = dict(x=a, w13=a, h=a, sorted_slots="*i32", block_expert="*i32", num_slots="i32", top_k="i32",
+                     H="i32", I="i32")
+        for routed in (True, False):
+            yield from gemm_variants("gate_up_swiglu", "gate_up_swiglu", f"{dtype}_{'routed' if routed else 'dense'}",
+                                     dtype, types, routed, GATE_UP_TILES)
+
+
+def down_variants():
+    # (mode, ROUTED, y dtype): "routed_direct" writes out itself (one row per token, no shared expert).
+    for dtype in ACTIVATION_DTYPES:
+        for mode, routed, y_dtype in (("routed", True, "f32"), ("dense", False, "f32"), ("routed_direct", True, dtype)):
+            a = pointer(dtype)
+            types = dict(h=a, w2=a, y=pointer(y_dtype), sorted_slots="*i32", block_expert="*i32", topk_weights="*fp32",
+                         num_slots="i32", top_k="i32", H="i32", I="i32", y_rows_per_token="i32", y_first_row="i32")
+            yield from gemm_variants("down", "down_combine", f"{dtype}_{mode}", dtype, types, routed, DOWN_TILES)
+
+
+def combine_variants():
+    for dtype in ACTIVATION_DTYPES:
+        types = dict(y="*fp32", out=pointer(dtype), H="i32", rows_per_token="i32")
+        configs = same_on_all_backends(dict(BLOCK_H=COMBINE_BLOCK_H), 4, 1)
+        yield Variant("combine", "down_combine", f"{dtype}_div16", dtype, types, configs, ("y", "out", "H"))
+        yield Variant("combine", "down_combine", f"{dtype}_any", dtype, types, configs)
+
+
+def all_variants():
+    for family in (route_variants, align_variants, gate_up_variants, down_variants, combine_variants):
+        yield from family()
