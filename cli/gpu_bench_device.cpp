@@ -1,11 +1,87 @@
+// Device memory, and timing with device events around CUDA/HIP-graph replays:
+// a graph replay shows the layer's own time, not the host's launch overhead.
+#include <algorithm>
+#include <map>
 #include <stdexcept>
+#include <tmoe/tmoe.hpp>
+#include <vector>
 
 #include "bench_device.hpp"
+#include "gpu/device.hpp"
 
 namespace tmoe::cli {
 
-std::unique_ptr<BenchDevice> make_gpu_bench_device(int) {
-  throw std::runtime_error("GPU benchmarking is not part of this build yet");
+namespace {
+
+void check(const Status& s) {
+  if (!s.is_ok()) throw std::runtime_error(s.message());
 }
+
+class GpuBenchDevice final : public BenchDevice {
+ public:
+  explicit GpuBenchDevice(int index) {
+    check(gpu::Device::open(index, &device_));
+    check(device_->make_current());
+    check(gpu::Stream::create(device_, &stream_));
+  }
+
+  bool is_host() const override { return false; }
+
+  void* alloc(size_t bytes) override {
+    gpu::DeviceBuffer buffer;
+    check(gpu::DeviceBuffer::allocate(device_, bytes, &buffer));
+    void* ptr = reinterpret_cast<void*>(static_cast<uintptr_t>(buffer.address()));
+    buffers_.emplace(ptr, std::move(buffer));
+    return ptr;
+  }
+  void release(void* ptr) override { buffers_.erase(ptr); }
+
+  void upload(void* dst, const void* src, size_t bytes) override {
+    check(device_->driver().copy_to_device(address(dst), src, bytes));
+  }
+  void download(void* dst, const void* src, size_t bytes) override {
+    check(stream_.synchronize());
+    check(device_->driver().copy_to_host(dst, address(src), bytes));
+  }
+  void* stream() override { return stream_.handle(); }
+
+  double median_ms(const std::function<void()>& forward, int warmup, int reps) override {
+    gpu::Graph graph;
+    check(gpu::Graph::capture(device_, stream_.handle(), [&]() -> Status {
+      try {
+        forward();
+        return Status::ok();
+      } catch (const tmoe::Error& e) {
+        return Status(e.status(), e.what());
+      }
+    }, &graph));
+    for (int i = 0; i < warmup; ++i) check(graph.launch(stream_.handle()));
+    gpu::Event start, end;
+    check(gpu::Event::create(device_, &start));
+    check(gpu::Event::create(device_, &end));
+    std::vector<double> ms;
+    for (int i = 0; i < reps; ++i) {
+      check(start.record(stream_.handle()));
+      check(graph.launch(stream_.handle()));
+      check(end.record(stream_.handle()));
+      float elapsed = 0;
+      check(start.elapsed_ms_until(end, &elapsed));
+      ms.push_back(elapsed);
+    }
+    std::nth_element(ms.begin(), ms.begin() + ms.size() / 2, ms.end());
+    return ms[ms.size() / 2];
+  }
+
+ private:
+  static gpu::DevicePtr address(const void* p) { return reinterpret_cast<uintptr_t>(p); }
+
+  std::shared_ptr<gpu::Device> device_;
+  gpu::Stream stream_;
+  std::map<void*, gpu::DeviceBuffer> buffers_;
+};
+
+}  // namespace
+
+std::unique_ptr<BenchDevice> make_gpu_bench_device(int device) { return std::make_unique<GpuBenchDevice>(device); }
 
 }  // namespace tmoe::cli

@@ -1,6 +1,7 @@
 // The `tmoe` command: info and bench (tune, run and check come with later issues).
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <fstream>
 #include <sstream>
 #include <tmoe/tmoe.hpp>
 
@@ -34,6 +35,13 @@ void print_info() {
   }
 }
 
+// The presets of the source tree this binary was built from, else of the
+// working directory (a binary carried to another machine).
+std::string default_models_file() {
+  std::ifstream built_in(TMOE_MODELS_JSON);
+  return built_in ? TMOE_MODELS_JSON : "configs/models.json";
+}
+
 std::vector<int64_t> parse_tokens(const std::string& list) {
   std::vector<int64_t> tokens;
   std::stringstream ss(list);
@@ -62,7 +70,7 @@ int main(int argc, char** argv) {
   app.add_subcommand("info", "devices, backends and build");
 
   auto* bench = app.add_subcommand("bench", "run the layer on random inputs, check it against a float64 reference, time it");
-  std::string model, shape, tokens = "1,16,64", models_file = TMOE_MODELS_JSON;
+  std::string model, shape, tokens = "1,16,64", models_file = default_models_file();
   tmoe::cli::BenchOptions opt;
   auto* model_opt = bench->add_option("--model", model, "model preset (configs/models.json)");
   auto* shape_opt = bench->add_option("--shape", shape, "H,I,E,k (softmax_topk routing, renormalised)");
