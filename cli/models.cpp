@@ -42,7 +42,8 @@ const char* routing_mode_name(tmoe_routing_mode mode) {
 
 std::vector<std::string> model_names(const std::string& models_file) {
   std::vector<std::string> names;
-  for (const auto& [key, value] : read_json(models_file).items()) {
+  const nlohmann::json all = read_json(models_file);
+  for (const auto& [key, value] : all.items()) {
     if (value.is_object()) names.push_back(key);
   }
   return names;

@@ -44,8 +44,10 @@ typedef enum tmoe_dtype {
   TMOE_DTYPE_I32 = 3
 } tmoe_dtype;
 
+/* An optional tensor is absent when its descriptor is zeroed (rank 0, data NULL);
+ * a present tensor with no elements may have NULL data. */
 typedef struct tmoe_tensor {
-  void* data; /* NULL means "absent" for optional tensors */
+  void* data;
   tmoe_dtype dtype;
   int32_t rank;
   int64_t shape[TMOE_MAX_RANK];
@@ -86,8 +88,8 @@ typedef enum tmoe_backend {
 /* The MoE layer:
  *   out[t] = sum_j wts[t,j] * w2[e] @ (silu(g) * u),  g,u = w13[e] @ x[t],  e = ids[t,j]
  *            (+ shared expert: shared_w2 @ (silu(g_s) * u_s), g_s,u_s = shared_w13 @ x[t])
- * Shapes: x [T,H]; router_logits [T,E] (f32, bf16 or f16) or, when its data is
- * NULL, topk_ids [T,k] i32 and topk_weights [T,k] f32; w13 [E,2I,H] with gate rows
+ * Shapes: x [T,H]; router_logits [T,E] (f32, bf16 or f16) or, when it is
+ * absent, topk_ids [T,k] i32 and topk_weights [T,k] f32; w13 [E,2I,H] with gate rows
  * first, then up rows; w2 [E,H,I]; optional shared_w13 [2Is,H], shared_w2 [H,Is];
  * out [T,H]. x, weights and out share one dtype: bf16 or f16 (f32 on the CPU).
  * Accumulation is f32 everywhere. T = 0 is valid and does nothing. */

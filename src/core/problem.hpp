@@ -32,9 +32,10 @@ struct MoeProblem {
   tmoe_dtype dtype = TMOE_DTYPE_BF16;         // x, weights and out
   tmoe_dtype logits_dtype = TMOE_DTYPE_F32;   // when routed from logits
 
-  bool routed_from_logits() const { return logits != nullptr; }
+  bool routed_from_logits() const { return from_logits; }
   bool has_shared_expert() const { return shared_I > 0; }
 
+  bool from_logits = false;  // router_logits given (else topk_ids/topk_weights)
   RoutingConfig routing;
 
   const void* x = nullptr;

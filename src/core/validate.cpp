@@ -27,6 +27,9 @@ namespace {
 
 bool known_dtype(tmoe_dtype d) { return dtype_size(d) != 0; }
 
+// Optional tensors are absent when their descriptor is zeroed (tmoe.h).
+bool present(const tmoe_tensor& t) { return t.rank != 0 || t.data != nullptr; }
+
 std::string shape_string(const tmoe_tensor& t) {
   std::ostringstream s;
   s << '[';
@@ -149,7 +152,7 @@ Status check_routing_config(const tmoe_routing& r, int64_t E) {
                            std::to_string(r.topk_group * (E / r.n_group)) + " experts, fewer than top_k=" +
                            std::to_string(r.top_k));
   }
-  if (r.correction_bias.data != nullptr) {
+  if (present(r.correction_bias)) {
     TMOE_RETURN_IF_ERROR(check_dtype("routing.correction_bias", r.correction_bias, {TMOE_DTYPE_F32}));
     TMOE_RETURN_IF_ERROR(check_tensor("routing.correction_bias", r.correction_bias, {{"E", E}}));
   }
@@ -184,12 +187,13 @@ Status validate_moe_args(const tmoe_moe_args& a, MoeProblem* p) {
   TMOE_RETURN_IF_ERROR(check_tensor("w2", a.w2, {{"E", p->E}, {"H", p->H}, {"I", p->I}}));
 
   std::vector<ByteRange> inputs = {range_of("x", a.x), range_of("w13", a.w13), range_of("w2", a.w2)};
-  if (a.router_logits.data != nullptr) {
+  if (present(a.router_logits)) {
     TMOE_RETURN_IF_ERROR(check_dtype("router_logits", a.router_logits,
                                      {TMOE_DTYPE_F32, TMOE_DTYPE_BF16, TMOE_DTYPE_F16}));
     TMOE_RETURN_IF_ERROR(check_tensor("router_logits", a.router_logits, {{"T", p->T}, {"E", p->E}}));
     TMOE_RETURN_IF_ERROR(check_routing_config(a.routing, p->E));
     p->k = a.routing.top_k;
+    p->from_logits = true;
     p->logits = a.router_logits.data;
     p->logits_dtype = a.router_logits.dtype;
     p->routing.mode = a.routing.mode;
@@ -222,7 +226,7 @@ Status validate_moe_args(const tmoe_moe_args& a, MoeProblem* p) {
     inputs.push_back(range_of("topk_weights", a.topk_weights));
   }
 
-  const bool has_sw13 = a.shared_w13.data != nullptr, has_sw2 = a.shared_w2.data != nullptr;
+  const bool has_sw13 = present(a.shared_w13), has_sw2 = present(a.shared_w2);
   if (has_sw13 != has_sw2) {
     return Status::invalid(std::string(has_sw13 ? "shared_w2" : "shared_w13") +
                            ": the shared expert needs both shared_w13 and shared_w2, got only one");
