@@ -5,6 +5,7 @@
 # `tmoe bench --backend gpu`. Full logs go to $OUT (or ./gpu-check-out).
 set -u
 bin=.gpu-build
+[ -f "$bin/bin.tar.xz" ] && tar -C "$bin" -xJf "$bin/bin.tar.xz"
 out=${OUT:-gpu-check-out}
 mkdir -p "$out"
 status=0
