@@ -12,12 +12,17 @@
 
 #include "bench_device.hpp"
 #include "core/numeric.hpp"
+#include "cpu/blas_probe.hpp"
 #include "core/problem.hpp"
+#include "reference/random.hpp"
 #include "reference/reference.hpp"
 
 namespace tmoe::cli {
 
 namespace {
+
+using reference::mix;
+using reference::random_tensor;
 
 // Relative L2 bounds, the same as the test suites': rounding of inputs and
 // outputs to the storage format dominates, accumulation is f32 everywhere.
@@ -34,28 +39,6 @@ tmoe_dtype parse_dtype(const std::string& s) {
   if (s == "f16" || s == "fp16") return TMOE_DTYPE_F16;
   if (s == "f32" || s == "fp32") return TMOE_DTYPE_F32;
   throw std::runtime_error("--dtype: expected bf16, f16 or f32, got '" + s + "'");
-}
-
-// splitmix64: a fast, well-mixed counter hash, so that filling gigabytes of
-// weights is parallel and reproducible from the seed.
-uint64_t mix(uint64_t z) {
-  z += 0x9e3779b97f4a7c15ull;
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-
-// Uniform values with standard deviation `scale` (never zeros: zeros hide
-// unwritten outputs and can run faster than real data).
-std::vector<uint8_t> random_tensor(int64_t n, tmoe_dtype dtype, double scale, uint64_t seed) {
-  std::vector<uint8_t> buf(static_cast<size_t>(n) * dtype_size(dtype));
-  const double half_width = scale * std::sqrt(3.0);
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < n; ++i) {
-    const double u = static_cast<double>(mix(seed ^ mix(static_cast<uint64_t>(i))) >> 11) * 0x1.0p-53;
-    store_from_f32(buf.data(), dtype, i, static_cast<float>((2.0 * u - 1.0) * half_width));
-  }
-  return buf;
 }
 
 // Router logits: each row a random permutation of an evenly spaced grid plus a
@@ -92,6 +75,7 @@ struct Row {
   int64_t T;
   double ms, gbps, gflops, rel_err, bound;
   int64_t active_experts;
+  double blas_gflops;  // CPU: an OpenBLAS sgemm of the same routed work, timed in the same run
 };
 
 }  // namespace
@@ -142,7 +126,9 @@ int run_bench(const BenchOptions& opt) {
   void* sw13 = Is ? place(host_sw13, d_sw13) : nullptr;
   void* sw2 = Is ? place(host_sw2, d_sw2) : nullptr;
 
-  std::printf("%8s %11s %9s %9s %8s %11s %9s\n", "T", "median ms", "GB/s", "GFLOP/s", "experts", "rel L2 err", "bound");
+  const bool on_cpu = backend == "cpu";
+  std::printf("%8s %11s %9s %9s %8s %11s %9s%s\n", "T", "median ms", "GB/s", "GFLOP/s", "experts", "rel L2 err", "bound",
+              on_cpu ? "  sgemm GFLOP/s" : "");
   std::vector<Row> rows;
   bool all_ok = true;
   for (int64_t T : opt.tokens) {
@@ -206,10 +192,15 @@ int run_bench(const BenchOptions& opt) {
     const double bytes = double(active) * 3 * H * I * esize + (Is ? 3.0 * H * Is * esize : 0.0) +
                          2.0 * T * H * esize + 4.0 * T * E;
     const double flops = 2.0 * T * k * 3 * H * I + 2.0 * T * 3 * H * Is;
-    Row row{T, ms, bytes / (ms * 1e6), flops / (ms * 1e6), err, bound, active};
+    // The CPU's ceiling: one f32 sgemm doing the routed GEMMs' flops (T*k rows
+    // against the 3*I weight rows of width H).
+    const double blas = on_cpu && T ? openblas_sgemm_gflops(T * k, 3 * I, H, 3) : NAN;
+    Row row{T, ms, bytes / (ms * 1e6), flops / (ms * 1e6), err, bound, active, blas};
     rows.push_back(row);
-    std::printf("%8lld %11.4f %9.1f %9.1f %8lld %11.2e %9.0e%s\n", (long long)T, ms, row.gbps, row.gflops,
-                (long long)active, err, bound, ok ? "" : "  ERROR ABOVE BOUND");
+    std::printf("%8lld %11.4f %9.1f %9.1f %8lld %11.2e %9.0e", (long long)T, ms, row.gbps, row.gflops,
+                (long long)active, err, bound);
+    if (on_cpu) std::printf("  %14.1f", blas);
+    std::printf("%s\n", ok ? "" : "  ERROR ABOVE BOUND");
     std::fflush(stdout);
   }
 
@@ -226,6 +217,7 @@ int run_bench(const BenchOptions& opt) {
     for (const Row& r : rows) {
       j["rows"].push_back({{"T", r.T}, {"ms", r.ms}, {"GBps", r.gbps}, {"GFLOPps", r.gflops},
                            {"active_experts", r.active_experts}, {"rel_err", r.rel_err}, {"bound", r.bound}});
+      if (on_cpu) j["rows"].back()["sgemm_GFLOPps"] = r.blas_gflops;
     }
     std::ofstream f(opt.json_file);
     if (!f) throw std::runtime_error("--json: cannot write " + opt.json_file);
