@@ -107,6 +107,11 @@ typedef struct tmoe_moe_args {
   void* stream;            /* GPU: the caller's CUstream / hipStream_t (NULL: default) */
   void* workspace;         /* GPU: optional caller-owned device buffer */
   size_t workspace_bytes;  /* its size; see tmoe_moe_workspace_size */
+  /* Given topk_ids / topk_weights are checked (ids in [0,E), weights finite and
+   * >= 0) before anything runs. On a GPU that check copies them to the host and
+   * waits for the stream; set 1 to skip it where the caller guarantees valid
+   * values (required inside CUDA-graph capture). Router logits need no check. */
+  int32_t trust_routing_values;
 } tmoe_moe_args;
 
 typedef struct tmoe_context_s* tmoe_context;

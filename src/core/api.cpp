@@ -166,7 +166,7 @@ tmoe_status tmoe_moe_forward(tmoe_context ctx, const tmoe_moe_args* args) {
     tmoe::MoeProblem problem;
     TMOE_RETURN_IF_ERROR(resolve(ctx, args, &problem));
     if (problem.T == 0) return tmoe::Status::ok();
-    tmoe::ExecContext exec{args->stream, args->workspace, args->workspace_bytes};
+    tmoe::ExecContext exec{args->stream, args->workspace, args->workspace_bytes, args->trust_routing_values != 0};
     return ctx->backend->forward(problem, exec);
   });
 }

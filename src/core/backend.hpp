@@ -16,6 +16,7 @@ struct ExecContext {
   void* stream = nullptr;          // CUstream / hipStream_t; unused on the CPU
   void* workspace = nullptr;       // caller-owned device buffer, or null
   size_t workspace_bytes = 0;
+  bool trust_routing_values = false;  // skip the device-to-host check of given ids/weights
 };
 
 class Backend {

@@ -7,6 +7,7 @@
 #include <limits>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "core/align.hpp"
 #include "core/backend.hpp"
@@ -127,6 +128,9 @@ class GpuBackend final : public Backend {
       const gpu::Module* module = nullptr;
       TMOE_RETURN_IF_ERROR(launcher_.modules().get(*e, &module));
     }
+    if (!p.routed_from_logits() && !exec.trust_routing_values) {
+      TMOE_RETURN_IF_ERROR(check_given_routing(p, exec.stream));
+    }
     return enqueue(p, plan, ws, exec.stream);
   }
 
@@ -206,6 +210,22 @@ class GpuBackend final : public Backend {
     if (p.has_shared_expert()) w.h_shared = w.add(static_cast<size_t>(p.T) * p.shared_I * esize);
     if (!q.direct) w.y = w.add(static_cast<size_t>(p.T) * q.R * p.H * 4);
     return Status::ok();
+  }
+
+  // The caller's ids and weights, read once the work queued before this call on
+  // its stream has produced them. Invalid ids would index outside w13 and w2.
+  Status check_given_routing(const MoeProblem& p, void* stream) const {
+    const size_t slots = static_cast<size_t>(p.T * p.k);
+    std::vector<int32_t> ids(slots);
+    std::vector<float> weights(slots);
+    gpu::Driver& driver = device_->driver();
+    TMOE_RETURN_IF_ERROR(driver.copy_to_host_async(ids.data(), device_address(p.topk_ids).value, slots * 4, stream));
+    TMOE_RETURN_IF_ERROR(driver.copy_to_host_async(weights.data(), device_address(p.topk_weights).value, slots * 4, stream));
+    TMOE_RETURN_IF_ERROR(driver.synchronize_stream(stream));
+    MoeProblem host = p;
+    host.topk_ids = ids.data();
+    host.topk_weights = weights.data();
+    return validate_routing_values(host);
   }
 
   Status launch(const KernelEntry* e, int64_t programs, const ArgMap& args, void* stream) {
