@@ -2,11 +2,12 @@
 # The whole GPU check in one device call (run from the repo root on the GPU
 # machine, after scripts/gpu-pack.sh here): card, the GoogleTest suites with the
 # GPU backend, compute-sanitizer memcheck on representative shapes, and
-# `tmoe bench --backend gpu`. Full logs go to $OUT (or ./gpu-check-out).
+# `tmoe bench --backend gpu` for each model in $MODELS. Logs go to ./gpu-check-out
+# and, packed as gpu-check-logs.tar.gz, to $OUT when the device tool sets it.
 set -u
 bin=.gpu-build
 [ -f "$bin/bin.tar.xz" ] && tar -C "$bin" -xJf "$bin/bin.tar.xz"
-out=${OUT:-gpu-check-out}
+out=gpu-check-out
 mkdir -p "$out"
 status=0
 # step NAME CMD...: runs CMD with its output in $out/NAME.log, shows the end.
@@ -25,6 +26,9 @@ step info "$bin/tmoe" info
 step tests "$bin/tmoe_tests" --gtest_brief=1 --gtest_filter="${TESTS:-*:-*GpuRuntimeTest*:GpuDriverSelectionTest*}"
 step memcheck compute-sanitizer --tool memcheck --error-exitcode 9 "$bin/tmoe_tests" --gtest_brief=1 \
   --gtest_filter="${SANITIZE_TESTS:-*GpuSanitize*}"
-step bench "$bin/tmoe" bench --backend gpu --model "${MODEL:-mixtral-8x7b}" \
-  --tokens "${TOKENS:-1,16,64,256,512,2048}" --json "$out/bench.json"
+for model in $(echo "${MODELS:-mixtral-8x7b}" | tr , ' '); do
+  step "bench-$model" "$bin/tmoe" bench --backend gpu --model "$model" \
+    --tokens "${TOKENS:-1,16,64,256,512,2048}" --check-rows "${CHECK_ROWS:-8}" --json "$out/bench-$model.json"
+done
+[ -n "${OUT:-}" ] && tar -C "$out" -czf "$OUT/gpu-check-logs.tar.gz" .
 exit $status
