@@ -119,7 +119,8 @@ typedef struct tmoe_context_s* tmoe_context;
 TMOE_API const char* tmoe_version(void);
 TMOE_API const char* tmoe_build_info(void);
 TMOE_API const char* tmoe_status_string(tmoe_status status);
-/* The message of the last failure on this thread ("" when none). */
+/* The message of this thread's latest call that returns a status: why it
+ * failed, or "" when it succeeded. */
 TMOE_API const char* tmoe_last_error(void);
 TMOE_API const char* tmoe_dtype_name(tmoe_dtype dtype);
 
