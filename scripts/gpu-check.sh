@@ -26,6 +26,13 @@ step info "$bin/tmoe" info
 step tests "$bin/tmoe_tests" --gtest_brief=1 --gtest_filter="${TESTS:-*:-*GpuRuntimeTest*:GpuDriverSelectionTest*}"
 step memcheck compute-sanitizer --tool memcheck --error-exitcode 9 "$bin/tmoe_tests" --gtest_brief=1 \
   --gtest_filter="${SANITIZE_TESTS:-*GpuSanitize*}"
+# The Python binding under PyTorch on the GPU; pytest comes as wheels in .whl when
+# the machine lacks it (see the device notes).
+if ! python3 -c "import pytest" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+fi
+step python env TMOE_LIBRARY="$bin/libtmoe.so" python3 -m pytest python/tests/test_binding_torch_gpu.py -q
+
 for model in $(echo "${MODELS:-mixtral-8x7b}" | tr , ' '); do
   step "bench-$model" "$bin/tmoe" bench --backend gpu --model "$model" \
     --tokens "${TOKENS:-1,16,64,256,512,2048}" --check-rows "${CHECK_ROWS:-8}" --json "$out/bench-$model.json"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds everything and passes the tests: the Release build (CPU backend, kernel
-# bundle, fake-driver GPU runtime tests), then the CPU suites under ASan+UBSan.
+# bundle, fake-driver GPU runtime tests), the Python binding's tests, then the
+# C++ suites again under ASan+UBSan.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 jobs=$(nproc)
@@ -9,6 +10,10 @@ bash "$here/scripts/install-deps.sh"
 cmake -S "$here" -B "$here/build" -DCMAKE_BUILD_TYPE=Release
 cmake --build "$here/build" -j"$jobs"
 ctest --test-dir "$here/build" --output-on-failure -j"$jobs"
+
+# The Python binding over the library just built (CPU backend; its GPU tests run on a GPU machine).
+python3 -m pip install -q -r "$here/python/requirements-test.txt"
+TMOE_LIBRARY="$here/build" python3 -m pytest "$here/python/tests/test_binding_cpu.py" -q
 
 # Sanitizers: the same suites without the kernel bundle (nothing in it runs on a CPU).
 cmake -S "$here" -B "$here/build-sanitize" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTMOE_SANITIZE=ON -DTMOE_BUILD_KERNELS=OFF
