@@ -19,6 +19,7 @@ namespace {
 
 constexpr unsigned kDefaultSharedLimit = 48 * 1024;
 constexpr unsigned kMaxThreadsPerBlock = 1024;
+constexpr size_t kAllocationAlignment = 256;  // cuMemAlloc's and hipMalloc's guarantee
 
 struct Module {
   std::string_view image;  // the caller's bytes, up to the ELF extent
@@ -50,6 +51,7 @@ struct State {
   std::set<Graph*> execs;
   std::vector<fake_gpu_launch> launches;
   std::vector<int> arg_sizes;
+  std::map<std::string, std::vector<int>> function_arg_sizes;
   std::map<std::string, int> shared_optins;
   fake_gpu_stats stats{};
   int load_delay_ms = 0;
@@ -167,7 +169,9 @@ int launch(void* function, const unsigned grid[3], const unsigned block[3], unsi
   auto* f = static_cast<Function*>(function);
   if (s.functions.count(f) == 0) return kInvalidHandle;
   if (stream != nullptr && s.streams.count(static_cast<Stream*>(stream)) == 0) return kInvalidHandle;
-  if (extra != nullptr || (params == nullptr && !s.arg_sizes.empty())) return kInvalidValue;
+  auto own_sizes = s.function_arg_sizes.find(f->name);
+  const std::vector<int>& sizes = own_sizes != s.function_arg_sizes.end() ? own_sizes->second : s.arg_sizes;
+  if (extra != nullptr || (params == nullptr && !sizes.empty())) return kInvalidValue;
   if (uint64_t{block[0]} * block[1] * block[2] > kMaxThreadsPerBlock) return kInvalidValue;
   // As on the real drivers: above 48 KiB, only what the function opted into.
   if (shared > kDefaultSharedLimit && shared > static_cast<unsigned>(f->max_dynamic_shared)) return kInvalidValue;
@@ -177,8 +181,9 @@ int launch(void* function, const unsigned grid[3], const unsigned block[3], unsi
   std::copy(block, block + 3, record.block);
   record.shared = shared;
   record.stream = stream;
-  record.arg_count = static_cast<int>(s.arg_sizes.size());
-  for (size_t i = 0; i < s.arg_sizes.size(); ++i) std::memcpy(&record.args[i], params[i], s.arg_sizes[i]);
+  record.image = f->module->image.data();
+  record.arg_count = static_cast<int>(sizes.size());
+  for (size_t i = 0; i < sizes.size(); ++i) std::memcpy(&record.args[i], params[i], sizes[i]);
   auto* capturing = static_cast<Stream*>(stream);
   if (capturing != nullptr && capturing->capturing) {
     capturing->captured.push_back(record);
@@ -191,7 +196,9 @@ int launch(void* function, const unsigned grid[3], const unsigned block[3], unsi
 
 int allocate(size_t bytes, void** ptr) {
   State& s = state();
-  void* p = std::malloc(bytes == 0 ? 1 : bytes);
+  const size_t rounded = (std::max<size_t>(bytes, 1) + kAllocationAlignment - 1) / kAllocationAlignment *
+                         kAllocationAlignment;
+  void* p = std::aligned_alloc(kAllocationAlignment, rounded);
   if (p == nullptr) return kOutOfMemory;
   std::lock_guard<std::mutex> lock(s.mutex);
   s.allocations.insert(p);
@@ -353,6 +360,7 @@ FAKE_EXPORT void fake_gpu_reset(void) {
   // Handles still owned by the library under test stay valid; only the record restarts.
   s.launches.clear();
   s.arg_sizes.clear();
+  s.function_arg_sizes.clear();
   s.shared_optins.clear();
   s.load_delay_ms = 0;
   const fake_gpu_stats kept = s.stats;
@@ -380,6 +388,12 @@ FAKE_EXPORT void fake_gpu_set_arg_sizes(const int* sizes, int count) {
   fake::State& s = fake::state();
   std::lock_guard<std::mutex> lock(s.mutex);
   s.arg_sizes.assign(sizes, sizes + std::min(count, FAKE_GPU_MAX_ARGS));
+}
+
+FAKE_EXPORT void fake_gpu_set_function_arg_sizes(const char* function, const int* sizes, int count) {
+  fake::State& s = fake::state();
+  std::lock_guard<std::mutex> lock(s.mutex);
+  s.function_arg_sizes[function].assign(sizes, sizes + std::min(count, FAKE_GPU_MAX_ARGS));
 }
 
 FAKE_EXPORT int fake_gpu_shared_optin(const char* function) {
