@@ -15,7 +15,8 @@ target_sources(tmoe_core PRIVATE
   ${TMOE_EMBEDDED_BUNDLE_ASM})
 target_link_libraries(tmoe_core PRIVATE nlohmann_json::nlohmann_json)
 
-# Stand-ins for the driver libraries, loaded by tests/test_gpu_runtime.cpp.
+# Stand-ins for the driver libraries, loaded by tests/test_gpu_runtime.cpp and
+# tests/test_gpu_forward_fake.cpp.
 if(TMOE_BUILD_TESTS)
   add_subdirectory(tests/fake_driver)
 endif()

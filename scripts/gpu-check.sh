@@ -23,7 +23,7 @@ step() {
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/card.txt"
 step info "$bin/tmoe" info
 # The fake-driver suites load test doubles from the build tree; they run in CI.
-step tests "$bin/tmoe_tests" --gtest_brief=1 --gtest_filter="${TESTS:-*:-*GpuRuntimeTest*:GpuDriverSelectionTest*}"
+step tests "$bin/tmoe_tests" --gtest_brief=1 --gtest_filter="${TESTS:-*:-*GpuRuntimeTest*:GpuDriverSelectionTest*:*GpuForwardFakeTest*}"
 step memcheck compute-sanitizer --tool memcheck --error-exitcode 9 "$bin/tmoe_tests" --gtest_brief=1 \
   --gtest_filter="${SANITIZE_TESTS:-*GpuSanitize*}"
 # The Python binding under PyTorch on the GPU; pytest comes as wheels in .whl when
