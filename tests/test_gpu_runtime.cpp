@@ -18,6 +18,7 @@
 
 #include "core/backend.hpp"
 #include "fake_driver/fake_control.h"
+#include "fake_driver/fake_test_support.hpp"
 #include "gpu/bundle.hpp"
 #include "gpu/device.hpp"
 #include "gpu/driver.hpp"
@@ -27,11 +28,8 @@
 namespace tmoe::gpu {
 namespace {
 
-#define ASSERT_OK(expr)                                    \
-  do {                                                     \
-    const ::tmoe::Status status_ = (expr);                 \
-    ASSERT_TRUE(status_.is_ok()) << status_.message();     \
-  } while (0)
+using ::tmoe::testing::ScopedEnv;
+
 
 #define EXPECT_ERROR(expr, expected_code, fragment)                                         \
   do {                                                                                      \
@@ -40,35 +38,6 @@ namespace {
     EXPECT_NE(status_.message().find(fragment), std::string::npos) << status_.message();    \
   } while (0)
 
-// Sets environment variables for one test and puts the old values back after.
-class ScopedEnv {
- public:
-  ~ScopedEnv() {
-    for (const auto& [name, old] : saved_) {
-      if (old) {
-        setenv(name.c_str(), old->c_str(), 1);
-      } else {
-        unsetenv(name.c_str());
-      }
-    }
-  }
-  void set(const std::string& name, const std::string& value) {
-    remember(name);
-    setenv(name.c_str(), value.c_str(), 1);
-  }
-  void unset(const std::string& name) {
-    remember(name);
-    unsetenv(name.c_str());
-  }
-
- private:
-  void remember(const std::string& name) {
-    if (saved_.count(name)) return;
-    const char* old = std::getenv(name.c_str());
-    saved_[name] = old ? std::optional<std::string>(old) : std::nullopt;
-  }
-  std::map<std::string, std::optional<std::string>> saved_;
-};
 
 // The controls one fake driver library exports (see fake_control.h).
 struct FakeDriver {
