@@ -210,6 +210,12 @@ TEST_P(ValidationTest, WrongDtype) {
   a = with_grouped_routing(2, 1);
   a.routing.correction_bias = tmoe::tensor(bias_, TMOE_DTYPE_BF16, {E});
   expect_rejected("correction_bias bf16", a, "routing.correction_bias");
+  // A value no enumerator has, stored as a C caller can (memcpy: storing it
+  // through the C++ enum type would itself be undefined).
+  a = valid_args();
+  const int32_t unknown = 42;
+  std::memcpy(&a.w2.dtype, &unknown, sizeof unknown);
+  expect_rejected("w2 dtype 42", a, "w2");
 }
 
 TEST_P(ValidationTest, SizesThatDisagreeBetweenTensors) {
@@ -377,6 +383,9 @@ TEST_P(ValidationTest, BadRoutingParameters) {
   // undefined behaviour in C++ before the library could reject it).
   a.routing.mode = static_cast<tmoe_routing_mode>(3);
   expect_rejected("unknown mode", a, "routing.mode");
+  const int32_t far_out = 1000;
+  std::memcpy(&a.routing.mode, &far_out, sizeof far_out);
+  expect_rejected("mode 1000", a, "routing.mode");
   a = with_grouped_routing(3, 1);
   expect_rejected("n_group not dividing E", a, "routing.n_group");
   a = with_grouped_routing(2, 3);

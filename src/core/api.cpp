@@ -95,7 +95,7 @@ tmoe_tensor tmoe_make_tensor(void* data, tmoe_dtype dtype, int32_t rank, const i
 tmoe_status tmoe_device_count(tmoe_backend backend, int32_t* count) {
   return guarded([&]() -> tmoe::Status {
     if (count == nullptr) return tmoe::Status::invalid("count: expected a pointer, got NULL");
-    switch (backend) {
+    switch (tmoe::enum_bits(backend)) {
       case TMOE_BACKEND_CPU:
         *count = 1;
         return tmoe::Status::ok();
@@ -116,7 +116,7 @@ tmoe_status tmoe_context_create(tmoe_backend backend, int32_t device, tmoe_conte
     if (ctx == nullptr) return tmoe::Status::invalid("ctx: expected a pointer to receive the context, got NULL");
     *ctx = nullptr;
     auto c = std::make_unique<tmoe_context_s>();
-    switch (backend) {
+    switch (tmoe::enum_bits(backend)) {
       case TMOE_BACKEND_CPU:
         if (device != 0) return tmoe::Status::invalid("device: the CPU backend has one device, 0; got " + std::to_string(device));
         TMOE_RETURN_IF_ERROR(tmoe::make_cpu_backend(&c->backend));
@@ -135,7 +135,7 @@ tmoe_status tmoe_context_create(tmoe_backend backend, int32_t device, tmoe_conte
       }
       default:
         return tmoe::Status::invalid("backend: expected TMOE_BACKEND_AUTO, _CPU or _GPU, got " +
-                                     std::to_string(static_cast<int>(backend)));
+                                     std::to_string(tmoe::enum_bits(backend)));
     }
     c->device_name = c->backend->device_name();
     *ctx = c.release();

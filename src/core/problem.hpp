@@ -5,12 +5,23 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 
 #include "core/status.hpp"
 
 namespace tmoe {
 
 size_t dtype_size(tmoe_dtype dtype);
+
+// The integer a C caller stored in an enum field. Loading a value outside the
+// enumerators as the C++ enum type is undefined, so checks read the bits.
+template <typename Enum>
+int32_t enum_bits(const Enum& value) {
+  static_assert(sizeof(Enum) == sizeof(int32_t), "C enums are int-sized on every supported ABI");
+  int32_t bits;
+  std::memcpy(&bits, &value, sizeof bits);
+  return bits;
+}
 
 struct RoutingConfig {
   tmoe_routing_mode mode = TMOE_ROUTING_SOFTMAX_TOPK;

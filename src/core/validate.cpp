@@ -25,8 +25,6 @@ size_t dtype_size(tmoe_dtype dtype) {
 
 namespace {
 
-bool known_dtype(tmoe_dtype d) { return dtype_size(d) != 0; }
-
 // Optional tensors are absent when their descriptor is zeroed (tmoe.h).
 bool present(const tmoe_tensor& t) { return t.rank != 0 || t.data != nullptr; }
 
@@ -69,13 +67,15 @@ Status check_rank(const char* name, const tmoe_tensor& t, int rank) {
 }
 
 Status check_dtype(const char* name, const tmoe_tensor& t, std::initializer_list<tmoe_dtype> allowed) {
+  const int32_t got = enum_bits(t.dtype);
   for (tmoe_dtype d : allowed) {
-    if (t.dtype == d) return Status::ok();
+    if (got == d) return Status::ok();
   }
   std::string list;
   for (tmoe_dtype d : allowed) list += (list.empty() ? "" : " or ") + std::string(tmoe_dtype_name(d));
+  const bool known = got >= TMOE_DTYPE_F32 && got <= TMOE_DTYPE_I32;
   return Status::invalid(std::string(name) + ": expected dtype " + list + ", got " +
-                         (known_dtype(t.dtype) ? tmoe_dtype_name(t.dtype) : "an unknown dtype"));
+                         (known ? tmoe_dtype_name(static_cast<tmoe_dtype>(got)) : "unknown dtype " + std::to_string(got)));
 }
 
 // Row-major contiguous; a dimension of size 1 may carry any stride.
@@ -125,10 +125,10 @@ ByteRange range_of(const char* name, const tmoe_tensor& t) {
 }
 
 Status check_routing_config(const tmoe_routing& r, int64_t E) {
-  if (r.mode != TMOE_ROUTING_SOFTMAX_TOPK && r.mode != TMOE_ROUTING_TOPK_SOFTMAX &&
-      r.mode != TMOE_ROUTING_SIGMOID_GROUPED_TOPK) {
+  const int32_t mode = enum_bits(r.mode);
+  if (mode != TMOE_ROUTING_SOFTMAX_TOPK && mode != TMOE_ROUTING_TOPK_SOFTMAX && mode != TMOE_ROUTING_SIGMOID_GROUPED_TOPK) {
     return Status::invalid("routing.mode: expected softmax_topk, topk_softmax or sigmoid_grouped_topk, got " +
-                           std::to_string(static_cast<int>(r.mode)));
+                           std::to_string(mode));
   }
   if (r.top_k < 1 || r.top_k > E) {
     return Status::invalid("routing.top_k: expected 1 <= k <= E=" + std::to_string(E) + ", got " +
