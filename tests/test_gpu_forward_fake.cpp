@@ -31,48 +31,11 @@
 namespace tmoe::gpu {
 namespace {
 
+using ::tmoe::testing::FakeDriver;
 using ::tmoe::testing::ScopedEnv;
 
 
 
-// The controls of one fake driver library (fake_control.h), reached through the
-// handle the library under test loads too.
-struct FakeControls {
-  fake_gpu_reset_fn reset;
-  fake_gpu_get_stats_fn get_stats;
-  fake_gpu_get_launch_fn get_launch;
-  fake_gpu_set_function_arg_sizes_fn set_function_arg_sizes;
-
-  fake_gpu_stats stats() const {
-    fake_gpu_stats s{};
-    get_stats(&s);
-    return s;
-  }
-  fake_gpu_launch launch(int index) const {
-    fake_gpu_launch l{};
-    EXPECT_EQ(get_launch(index, &l), 0) << "no launch " << index;
-    return l;
-  }
-
-  static const FakeControls& of(Api api) {
-    static const FakeControls cuda = load(TMOE_FAKE_CUDA_LIBRARY);
-    static const FakeControls hip = load(TMOE_FAKE_HIP_LIBRARY);
-    return api == Api::cuda ? cuda : hip;
-  }
-
- private:
-  static FakeControls load(const char* path) {
-    void* handle = dlopen(path, RTLD_NOW | RTLD_LOCAL);
-    EXPECT_NE(handle, nullptr) << dlerror();
-    FakeControls f{};
-    f.reset = reinterpret_cast<fake_gpu_reset_fn>(dlsym(handle, "fake_gpu_reset"));
-    f.get_stats = reinterpret_cast<fake_gpu_get_stats_fn>(dlsym(handle, "fake_gpu_get_stats"));
-    f.get_launch = reinterpret_cast<fake_gpu_get_launch_fn>(dlsym(handle, "fake_gpu_get_launch"));
-    f.set_function_arg_sizes =
-        reinterpret_cast<fake_gpu_set_function_arg_sizes_fn>(dlsym(handle, "fake_gpu_set_function_arg_sizes"));
-    return f;
-  }
-};
 
 int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 int64_t round_up(int64_t a, int64_t b) { return cdiv(a, b) * b; }
@@ -146,7 +109,7 @@ class GpuForwardFakeTest : public ::testing::TestWithParam<Api> {
 
   bool cuda() const { return GetParam() == Api::cuda; }
   std::string target() const { return cuda() ? "cuda:90" : "hip:gfx942"; }
-  const FakeControls& fake() const { return FakeControls::of(GetParam()); }
+  const FakeDriver& fake() const { return FakeDriver::of(GetParam()); }
 
   // Creates the GPU context. Without kernels in this build, checks that it is
   // refused as the library promises and sets *has_kernels = false.

@@ -28,6 +28,7 @@
 namespace tmoe::gpu {
 namespace {
 
+using ::tmoe::testing::FakeDriver;
 using ::tmoe::testing::ScopedEnv;
 
 
@@ -39,46 +40,6 @@ using ::tmoe::testing::ScopedEnv;
   } while (0)
 
 
-// The controls one fake driver library exports (see fake_control.h).
-struct FakeDriver {
-  fake_gpu_reset_fn reset;
-  fake_gpu_get_stats_fn get_stats;
-  fake_gpu_get_launch_fn get_launch;
-  fake_gpu_set_arg_sizes_fn set_arg_sizes;
-  fake_gpu_shared_optin_fn shared_optin;
-  fake_gpu_set_load_delay_ms_fn set_load_delay_ms;
-
-  fake_gpu_stats stats() const {
-    fake_gpu_stats s{};
-    get_stats(&s);
-    return s;
-  }
-  fake_gpu_launch launch(int index) const {
-    fake_gpu_launch l{};
-    EXPECT_EQ(get_launch(index, &l), 0) << "no launch " << index;
-    return l;
-  }
-
-  static const FakeDriver& of(Api api) {
-    static const FakeDriver cuda = load(TMOE_FAKE_CUDA_LIBRARY);
-    static const FakeDriver hip = load(TMOE_FAKE_HIP_LIBRARY);
-    return api == Api::cuda ? cuda : hip;
-  }
-
- private:
-  static FakeDriver load(const char* path) {
-    void* handle = dlopen(path, RTLD_NOW | RTLD_LOCAL);
-    EXPECT_NE(handle, nullptr) << dlerror();
-    FakeDriver f{};
-    f.reset = reinterpret_cast<fake_gpu_reset_fn>(dlsym(handle, "fake_gpu_reset"));
-    f.get_stats = reinterpret_cast<fake_gpu_get_stats_fn>(dlsym(handle, "fake_gpu_get_stats"));
-    f.get_launch = reinterpret_cast<fake_gpu_get_launch_fn>(dlsym(handle, "fake_gpu_get_launch"));
-    f.set_arg_sizes = reinterpret_cast<fake_gpu_set_arg_sizes_fn>(dlsym(handle, "fake_gpu_set_arg_sizes"));
-    f.shared_optin = reinterpret_cast<fake_gpu_shared_optin_fn>(dlsym(handle, "fake_gpu_shared_optin"));
-    f.set_load_delay_ms = reinterpret_cast<fake_gpu_set_load_delay_ms_fn>(dlsym(handle, "fake_gpu_set_load_delay_ms"));
-    return f;
-  }
-};
 
 // A minimal ELF64 image whose bytes hold `entry`: enough for the fakes, which
 // read the image's length from its headers and look functions up by name.
