@@ -4,18 +4,34 @@ Rows of a GEMM are padded positions of the alignment (src/core/align.hpp): the
 program's BLOCK_M block of sorted_slots belongs to one expert, block_expert[block].
 With ROUTED false the same kernels run a dense problem (the shared expert): row r
 is slot r, of expert 0, and sorted_slots and block_expert are not read.
-The grid is num_m_blocks * cdiv(N, BLOCK_N) programs, M blocks varying fastest so
-that the programs in flight share the weight tile of one N block.
+The grid is num_m_blocks * cdiv(N, BLOCK_N) programs. Consecutive programs walk
+the M blocks of a group, then step to the next N block: with many M blocks (many
+experts, or large T) a group of GROUP_M keeps the programs in flight on a few A
+tiles and a few weight tiles, which then stay in L2 (measured on an H100: 10-22%
+faster at T >= 512 on qwen3-30b-a3b, gpt-oss-120b and deepseek-v3). With few M
+blocks all of them form one group (M fastest over the whole grid): grouping there
+split mixtral's weight stream and cost 17% at T = 256.
 """
 import triton
 import triton.language as tl
 
 
+GROUP_M = tl.constexpr(8)
+# Below this many M blocks the whole grid is one group.
+MIN_BLOCKS_TO_GROUP = tl.constexpr(32)
+
+
 @triton.jit
 def tile_coords(N, BLOCK_N: tl.constexpr):
     pid = tl.program_id(0)
-    num_m_blocks = tl.num_programs(0) // tl.cdiv(N, BLOCK_N)
-    return pid % num_m_blocks, pid // num_m_blocks
+    num_n_blocks = tl.cdiv(N, BLOCK_N)
+    num_m_blocks = tl.num_programs(0) // num_n_blocks
+    group_m = tl.where(num_m_blocks < MIN_BLOCKS_TO_GROUP, num_m_blocks, GROUP_M)
+    programs_per_group = group_m * num_n_blocks
+    first_m = (pid // programs_per_group) * group_m
+    group_rows = tl.minimum(num_m_blocks - first_m, group_m)
+    within = pid % programs_per_group
+    return first_m + within % group_rows, within // group_rows
 
 
 @triton.jit
