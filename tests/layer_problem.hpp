@@ -239,21 +239,27 @@ struct DeviceProblem {
   size_t out_bytes;
 };
 
+// Every input tensor of a problem beside its host data, so that each copy
+// (upload, re-upload) walks the same list.
+template <typename Args, typename Visit>
+void for_each_input(Args& args, const HostProblem& host, Visit&& visit) {
+  visit(args.x, host.x);
+  visit(args.w13, host.w13);
+  visit(args.w2, host.w2);
+  visit(args.shared_w13, host.shared_w13);
+  visit(args.shared_w2, host.shared_w2);
+  visit(args.router_logits, host.logits);
+  visit(args.topk_ids, host.ids);
+  visit(args.topk_weights, host.weights);
+  visit(args.routing.correction_bias, host.bias);
+}
+
 inline DeviceProblem upload(BackendHarness& harness, const HostProblem& host) {
   DeviceProblem d{host.args, nullptr, 0};
-  auto move = [&](tmoe_tensor& t, const auto& data) {
+  for_each_input(d.args, host, [&](tmoe_tensor& t, const auto& data) {
     const bool present = t.rank != 0 || t.data != nullptr;  // tmoe.h: absent tensors are zeroed
     if (present) t.data = harness.upload(data);
-  };
-  move(d.args.x, host.x);
-  move(d.args.w13, host.w13);
-  move(d.args.w2, host.w2);
-  move(d.args.shared_w13, host.shared_w13);
-  move(d.args.shared_w2, host.shared_w2);
-  move(d.args.router_logits, host.logits);
-  move(d.args.topk_ids, host.ids);
-  move(d.args.topk_weights, host.weights);
-  move(d.args.routing.correction_bias, host.bias);
+  });
   const int64_t T = host.args.x.shape[0], H = host.args.x.shape[1];
   d.out_bytes = static_cast<size_t>(T * H) * dtype_size(host.args.x.dtype);
   d.out = harness.alloc(d.out_bytes);

@@ -17,18 +17,9 @@ constexpr tmoe_dtype kBF16 = TMOE_DTYPE_BF16, kF16 = TMOE_DTYPE_F16;
 
 // Copies a new problem of the same shapes into the buffers of an uploaded one.
 void reupload(BackendHarness& harness, const DeviceProblem& d, const HostProblem& host) {
-  auto copy = [&](const tmoe_tensor& dst, const auto& src) {
+  for_each_input(d.args, host, [&](const tmoe_tensor& dst, const auto& src) {
     if (dst.data != nullptr) harness.upload(dst.data, src.data(), src.size() * sizeof(src[0]));
-  };
-  copy(d.args.x, host.x);
-  copy(d.args.w13, host.w13);
-  copy(d.args.w2, host.w2);
-  copy(d.args.shared_w13, host.shared_w13);
-  copy(d.args.shared_w2, host.shared_w2);
-  copy(d.args.router_logits, host.logits);
-  copy(d.args.topk_ids, host.ids);
-  copy(d.args.topk_weights, host.weights);
-  copy(d.args.routing.correction_bias, host.bias);
+  });
 }
 
 std::vector<uint8_t> download_out(BackendHarness& harness, const DeviceProblem& d) {
