@@ -67,7 +67,24 @@ def plots(data, d):
         fig.suptitle(f"{title} - {card}, {data['meta']['date']}", fontsize=10)
         return fig, [ax for row in axes for ax in row]
 
-    def save(fig, name):
+    def label_axes(ax, m, ylabel):
+        ax.set_xscale("log", base=2)
+        ax.set_title(m, fontsize=9); ax.set_xlabel("T (tokens)", fontsize=8); ax.set_ylabel(ylabel, fontsize=8)
+        ax.tick_params(labelsize=7); ax.grid(alpha=0.3)
+
+    def plot_systems(ax, m, field):
+        """One curve per (system, mode) of `field` against T."""
+        Ts = sorted(by[m])
+        for key, (name, color, ls) in STYLE.items():
+            pts = [(T, by[m][T][key][field]) for T in Ts if key in by[m][T]]
+            if pts:
+                ax.plot(*zip(*pts), color=color, ls=ls, marker=".", label=name, lw=1.2)
+        return Ts
+
+    def save(fig, axes, name):
+        axes[0].legend(fontsize=6)
+        for ax in axes[n:]:
+            ax.axis("off")
         fig.tight_layout()
         path = os.path.join(d, name)
         fig.savefig(path, dpi=70)
@@ -81,26 +98,17 @@ def plots(data, d):
     # time vs T
     fig, axes = grid("MoE layer time vs tokens (median ms, log-log)")
     for ax, m in zip(axes, models):
-        Ts = sorted(by[m])
-        for key, (label, color, ls) in STYLE.items():
-            pts = [(T, by[m][T][key]["ms"]) for T in Ts if key in by[m][T]]
-            if pts:
-                ax.plot(*zip(*pts), color=color, ls=ls, marker=".", label=label, lw=1.2)
+        Ts = plot_systems(ax, m, "ms")
         ax.plot(Ts, [next(iter(by[m][T].values()))["floor_ms"] for T in Ts], color="black", ls=":", label="floor")
-        ax.set_xscale("log", base=2); ax.set_yscale("log")
-        ax.set_title(m, fontsize=9); ax.set_xlabel("T (tokens)", fontsize=8); ax.set_ylabel("ms", fontsize=8)
-        ax.tick_params(labelsize=7); ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=6)
-    for ax in axes[n:]:
-        ax.axis("off")
-    save(fig, "time_vs_T.png")
+        ax.set_yscale("log")
+        label_axes(ax, m, "ms")
+    save(fig, axes, "time_vs_T.png")
 
     # ratio to the best peer
     fig, axes = grid("tritonmoe time / best peer time (below 1: tritonmoe faster)")
     for ax, m in zip(axes, models):
-        Ts = sorted(by[m])
         ex, lay = [], []
-        for T in Ts:
+        for T in sorted(by[m]):
             c = by[m][T]
             bp = best_peer(c)
             if bp and ("tmoe", "experts") in c:
@@ -112,29 +120,16 @@ def plots(data, d):
         if lay:
             ax.plot(*zip(*lay), color="tab:red", ls="-", marker=".", label="layer: tmoe / vLLM layer")
         ax.axhline(1.0, color="black", lw=0.8)
-        ax.set_xscale("log", base=2)
-        ax.set_title(m, fontsize=9); ax.set_xlabel("T (tokens)", fontsize=8); ax.set_ylabel("ratio", fontsize=8)
-        ax.tick_params(labelsize=7); ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=6)
-    for ax in axes[n:]:
-        ax.axis("off")
-    save(fig, "ratio_to_best_peer.png")
+        label_axes(ax, m, "ratio")
+    save(fig, axes, "ratio_to_best_peer.png")
 
     # % of floor
     fig, axes = grid("% of floor (floor = max(bytes / read BW, flops / matmul rate))")
     for ax, m in zip(axes, models):
-        Ts = sorted(by[m])
-        for key, (label, color, ls) in STYLE.items():
-            pts = [(T, by[m][T][key]["pct_floor"]) for T in Ts if key in by[m][T]]
-            if pts:
-                ax.plot(*zip(*pts), color=color, ls=ls, marker=".", label=label, lw=1.2)
-        ax.set_xscale("log", base=2); ax.set_ylim(0, 110)
-        ax.set_title(m, fontsize=9); ax.set_xlabel("T (tokens)", fontsize=8); ax.set_ylabel("% of floor", fontsize=8)
-        ax.tick_params(labelsize=7); ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=6)
-    for ax in axes[n:]:
-        ax.axis("off")
-    save(fig, "pct_of_floor.png")
+        plot_systems(ax, m, "pct_floor")
+        ax.set_ylim(0, 110)
+        label_axes(ax, m, "% of floor")
+    save(fig, axes, "pct_of_floor.png")
 
 
 def fmt(x, nd=3):
