@@ -39,11 +39,10 @@ tmoe_status guarded(F&& body) {
   }
 }
 
-tmoe::Status resolve(tmoe_context ctx, const tmoe_moe_args* args, tmoe::MoeProblem* problem) {
+tmoe::Status validate_call(tmoe_context ctx, const tmoe_moe_args* args, tmoe::MoeProblem* problem) {
   if (ctx == nullptr) return tmoe::Status::invalid("ctx: expected a context from tmoe_context_create, got NULL");
   if (args == nullptr) return tmoe::Status::invalid("args: expected a tmoe_moe_args pointer, got NULL");
-  TMOE_RETURN_IF_ERROR(tmoe::validate_moe_args(*args, problem));
-  return ctx->backend->supports(*problem);
+  return tmoe::validate_moe_args(*args, problem);
 }
 
 }  // namespace
@@ -155,7 +154,8 @@ tmoe_status tmoe_moe_workspace_size(tmoe_context ctx, const tmoe_moe_args* args,
   return guarded([&]() -> tmoe::Status {
     if (bytes == nullptr) return tmoe::Status::invalid("bytes: expected a pointer, got NULL");
     tmoe::MoeProblem problem;
-    TMOE_RETURN_IF_ERROR(resolve(ctx, args, &problem));
+    TMOE_RETURN_IF_ERROR(validate_call(ctx, args, &problem));
+    TMOE_RETURN_IF_ERROR(ctx->backend->supports(problem));
     *bytes = ctx->backend->workspace_bytes(problem);
     return tmoe::Status::ok();
   });
@@ -164,10 +164,11 @@ tmoe_status tmoe_moe_workspace_size(tmoe_context ctx, const tmoe_moe_args* args,
 tmoe_status tmoe_moe_forward(tmoe_context ctx, const tmoe_moe_args* args) {
   return guarded([&]() -> tmoe::Status {
     tmoe::MoeProblem problem;
-    TMOE_RETURN_IF_ERROR(resolve(ctx, args, &problem));
-    if (problem.T == 0) return tmoe::Status::ok();
+    TMOE_RETURN_IF_ERROR(validate_call(ctx, args, &problem));
+    // Nothing to run, but the answer is the same as with tokens.
+    if (problem.T == 0) return ctx->backend->supports(problem);
     tmoe::ExecContext exec{args->stream, args->workspace, args->workspace_bytes, args->trust_routing_values != 0};
-    return ctx->backend->forward(problem, exec);
+    return ctx->backend->forward(problem, exec);  // checks support itself: the GPU plans once
   });
 }
 

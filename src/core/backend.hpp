@@ -27,8 +27,9 @@ class Backend {
   // Ok, or Unsupported with the reason (dtype, shape, missing compiled target...).
   virtual Status supports(const MoeProblem& problem) const = 0;
   virtual size_t workspace_bytes(const MoeProblem& problem) const = 0;
-  // Called only with a validated problem that supports() accepted. Must not
-  // write `out` unless it succeeds.
+  // Called with a validated problem; answers Unsupported as supports() would
+  // (checking inside saves the GPU planning twice per call). Must not write
+  // `out` unless it succeeds.
   virtual Status forward(const MoeProblem& problem, const ExecContext& exec) = 0;
 };
 

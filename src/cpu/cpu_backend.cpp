@@ -217,6 +217,7 @@ class CpuBackend final : public Backend {
   size_t workspace_bytes(const MoeProblem&) const override { return 0; }
 
   Status forward(const MoeProblem& p, const ExecContext&) override {
+    TMOE_RETURN_IF_ERROR(supports(p));
     try {
       const SingleThreadedBlas single_threaded_blas;
       return run(p);
