@@ -11,6 +11,7 @@
 #include <tmoe/tmoe.hpp>
 
 #include "bench_device.hpp"
+#include "layer_inputs.hpp"
 #include "core/numeric.hpp"
 #include "cpu/blas_probe.hpp"
 #include "core/problem.hpp"
@@ -22,7 +23,6 @@ namespace tmoe::cli {
 namespace {
 
 using reference::mix;
-using reference::random_tensor;
 
 // Relative L2 bounds, the same as the test suites': rounding of inputs and
 // outputs to the storage format dominates, accumulation is f32 everywhere.
@@ -32,32 +32,6 @@ double error_bound(tmoe_dtype dtype) {
     case TMOE_DTYPE_F16: return 2e-3;
     default: return 1e-5;
   }
-}
-
-tmoe_dtype parse_dtype(const std::string& s) {
-  if (s == "bf16") return TMOE_DTYPE_BF16;
-  if (s == "f16" || s == "fp16") return TMOE_DTYPE_F16;
-  if (s == "f32" || s == "fp32") return TMOE_DTYPE_F32;
-  throw std::runtime_error("--dtype: expected bf16, f16 or f32, got '" + s + "'");
-}
-
-// Router logits: each row a random permutation of an evenly spaced grid plus a
-// jitter far smaller than the spacing, so f32 routing (the library) and f64
-// routing (the reference) cannot disagree on a near-tie.
-std::vector<float> random_logits(int64_t T, int64_t E, uint64_t seed) {
-  std::vector<float> logits(static_cast<size_t>(T * E));
-  const double step = 4.0 / static_cast<double>(E);
-  for (int64_t t = 0; t < T; ++t) {
-    std::mt19937_64 rng(mix(seed + static_cast<uint64_t>(t)));
-    std::vector<int64_t> perm(E);
-    for (int64_t e = 0; e < E; ++e) perm[e] = e;
-    std::shuffle(perm.begin(), perm.end(), rng);
-    std::uniform_real_distribution<double> jitter(-0.05 * step, 0.05 * step);
-    for (int64_t e = 0; e < E; ++e) {
-      logits[t * E + e] = static_cast<float>((static_cast<double>(perm[e]) - 0.5 * E) * step + jitter(rng));
-    }
-  }
-  return logits;
 }
 
 std::vector<int64_t> sample_rows(int64_t T, int count) {
@@ -76,6 +50,8 @@ struct Row {
   double ms, gbps, gflops, rel_err, bound;
   int64_t active_experts;
   double blas_gflops;  // CPU: an OpenBLAS sgemm of the same routed work, timed in the same run
+  int launches;        // kernel launches per layer
+  std::string plan;    // what ran (tmoe_moe_plan)
 };
 
 }  // namespace
@@ -104,71 +80,24 @@ int run_bench(const BenchOptions& opt) {
               routing_mode_name(m.routing.mode), tmoe_dtype_name(dtype), backend.c_str(), ctx.device_name().c_str(),
               (unsigned long long)seed);
 
-  // Weights once for all T; host copies stay for the reference.
   const int64_t H = m.H, I = m.I, E = m.E, k = m.k, Is = m.shared_I;
-  auto host_w13 = random_tensor(E * 2 * I * H, dtype, 1.0 / std::sqrt(double(H)), seed + 1);
-  auto host_w2 = random_tensor(E * H * I, dtype, 1.0 / std::sqrt(double(I)), seed + 2);
-  std::vector<uint8_t> host_sw13, host_sw2;
-  if (Is) {
-    host_sw13 = random_tensor(2 * Is * H, dtype, 1.0 / std::sqrt(double(H)), seed + 3);
-    host_sw2 = random_tensor(H * Is, dtype, 1.0 / std::sqrt(double(Is)), seed + 4);
-  }
-  // On the CPU the host copies are the tensors; on a GPU they are uploaded.
-  auto place = [&](std::vector<uint8_t>& host, DeviceBuffer& buf) -> void* {
-    if (dev->is_host()) return host.data();
-    buf = DeviceBuffer(*dev, host.size());
-    dev->upload(buf.get(), host.data(), host.size());
-    return buf.get();
-  };
-  DeviceBuffer d_w13, d_w2, d_sw13, d_sw2;
-  void* w13 = place(host_w13, d_w13);
-  void* w2 = place(host_w2, d_w2);
-  void* sw13 = Is ? place(host_sw13, d_sw13) : nullptr;
-  void* sw2 = Is ? place(host_sw2, d_sw2) : nullptr;
+  const LayerInputs inputs(*dev, m, dtype, seed);
 
   const bool on_cpu = backend == "cpu";
-  std::printf("%8s %11s %9s %9s %8s %11s %9s%s\n", "T", "median ms", "GB/s", "GFLOP/s", "experts", "rel L2 err", "bound",
+  std::printf("%8s %11s %9s %9s %8s %8s %11s %9s%s\n", "T", "median ms", "GB/s", "GFLOP/s", "experts", "launches", "rel L2 err", "bound",
               on_cpu ? "  sgemm GFLOP/s" : "");
   std::vector<Row> rows;
   bool all_ok = true;
   for (int64_t T : opt.tokens) {
-    auto host_x = random_tensor(T * H, dtype, 1.0, seed + 100 + static_cast<uint64_t>(T));
-    std::vector<float> host_logits = random_logits(T, E, seed + 200 + static_cast<uint64_t>(T));
-    std::vector<uint8_t> logits_bytes(reinterpret_cast<uint8_t*>(host_logits.data()),
-                                      reinterpret_cast<uint8_t*>(host_logits.data() + host_logits.size()));
-    std::vector<uint8_t> host_out(static_cast<size_t>(T * H) * esize, 0xff);  // NaN pattern: unwritten shows
-    DeviceBuffer d_x, d_logits, d_out;
-    void* x = place(host_x, d_x);
-    void* logits = place(logits_bytes, d_logits);
-    void* out = place(host_out, d_out);
-
-    tmoe_moe_args args{};
-    args.x = tmoe::tensor(x, dtype, {T, H});
-    args.router_logits = tmoe::tensor(logits, TMOE_DTYPE_F32, {T, E});
-    args.routing = m.routing;
-    args.w13 = tmoe::tensor(w13, dtype, {E, 2 * I, H});
-    args.w2 = tmoe::tensor(w2, dtype, {E, H, I});
-    if (Is) {
-      args.shared_w13 = tmoe::tensor(sw13, dtype, {2 * Is, H});
-      args.shared_w2 = tmoe::tensor(sw2, dtype, {H, Is});
-    }
-    args.out = tmoe::tensor(out, dtype, {T, H});
-    args.stream = dev->stream();
+    LayerInputs::Batch batch = inputs.batch(T);
+    const tmoe_moe_args& args = batch.args();
+    const tmoe::Context::Plan plan = ctx.plan(args);
 
     // Correctness first, on the first call's output.
     ctx.forward(args);
-    if (!dev->is_host()) dev->download(host_out.data(), out, host_out.size());
-    tmoe_moe_args host_args = args;
-    host_args.x.data = host_x.data();
-    host_args.router_logits.data = host_logits.data();
-    host_args.w13.data = host_w13.data();
-    host_args.w2.data = host_w2.data();
-    if (Is) {
-      host_args.shared_w13.data = host_sw13.data();
-      host_args.shared_w2.data = host_sw2.data();
-    }
+    const std::vector<uint8_t>& host_out = batch.fetch_out();
     const std::vector<int64_t> check = sample_rows(T, opt.check_rows);
-    const std::vector<double> ref = reference::moe_layer(host_args, check);
+    const std::vector<double> ref = reference::moe_layer(batch.host_args(), check);
     std::vector<double> got;
     got.reserve(check.size() * H);
     for (int64_t r : check) {
@@ -179,7 +108,7 @@ int run_bench(const BenchOptions& opt) {
     const bool ok = err <= bound;  // false for NaN
     all_ok = all_ok && ok;
 
-    std::vector<double> all_logits(host_logits.begin(), host_logits.end());
+    std::vector<double> all_logits(batch.host_logits().begin(), batch.host_logits().end());
     const reference::Routed routed = reference::route(m.routing, all_logits, T, E);
     const int64_t active = static_cast<int64_t>(std::set<int32_t>(routed.ids.begin(), routed.ids.end()).size());
 
@@ -195,14 +124,17 @@ int run_bench(const BenchOptions& opt) {
     // The CPU's ceiling: one f32 sgemm doing the routed GEMMs' flops (T*k rows
     // against the 3*I weight rows of width H).
     const double blas = on_cpu && T ? openblas_sgemm_gflops(T * k, 3 * I, H, 3) : NAN;
-    Row row{T, ms, bytes / (ms * 1e6), flops / (ms * 1e6), err, bound, active, blas};
+    Row row{T, ms, bytes / (ms * 1e6), flops / (ms * 1e6), err, bound, active, blas, plan.launches, plan.description};
     rows.push_back(row);
-    std::printf("%8lld %11.4f %9.1f %9.1f %8lld %11.2e %9.0e", (long long)T, ms, row.gbps, row.gflops,
-                (long long)active, err, bound);
+    std::printf("%8lld %11.4f %9.1f %9.1f %8lld %8d %11.2e %9.0e", (long long)T, ms, row.gbps, row.gflops,
+                (long long)active, plan.launches, err, bound);
     if (on_cpu) std::printf("  %14.1f", blas);
     std::printf("%s\n", ok ? "" : "  ERROR ABOVE BOUND");
     std::fflush(stdout);
   }
+
+  std::printf("plans:\n");
+  for (const Row& r : rows) std::printf("%8lld  %s\n", (long long)r.T, r.plan.c_str());
 
   if (!opt.json_file.empty()) {
     nlohmann::json j;
@@ -216,7 +148,8 @@ int run_bench(const BenchOptions& opt) {
     j["build"] = tmoe_build_info();
     for (const Row& r : rows) {
       j["rows"].push_back({{"T", r.T}, {"ms", r.ms}, {"GBps", r.gbps}, {"GFLOPps", r.gflops},
-                           {"active_experts", r.active_experts}, {"rel_err", r.rel_err}, {"bound", r.bound}});
+                           {"active_experts", r.active_experts}, {"rel_err", r.rel_err}, {"bound", r.bound},
+                           {"launches", r.launches}, {"plan", r.plan}});
       if (on_cpu) j["rows"].back()["sgemm_GFLOPps"] = r.blas_gflops;
     }
     std::ofstream f(opt.json_file);

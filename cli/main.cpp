@@ -1,5 +1,6 @@
-// The `tmoe` command: info and bench (tune, run and check come with later issues).
+// The `tmoe` command: info, bench and tune.
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <sstream>
@@ -7,6 +8,7 @@
 
 #include "bench.hpp"
 #include "models.hpp"
+#include "tune.hpp"
 
 #ifndef TMOE_MODELS_JSON
 #define TMOE_MODELS_JSON "configs/models.json"
@@ -40,6 +42,14 @@ void print_info() {
 std::string default_models_file() {
   std::ifstream built_in(TMOE_MODELS_JSON);
   return built_in ? TMOE_MODELS_JSON : "configs/models.json";
+}
+
+std::vector<std::string> split(const std::string& list) {
+  std::vector<std::string> items;
+  std::stringstream ss(list);
+  std::string item;
+  while (std::getline(ss, item, ',')) items.push_back(item);
+  return items;
 }
 
 std::vector<int64_t> parse_tokens(const std::string& list) {
@@ -91,12 +101,35 @@ int main(int argc, char** argv) {
   bench->add_option("--seed", opt.seed, "random seed (0: random)")->capture_default_str();
   bench->add_option("--models-file", models_file, "model presets file")->capture_default_str();
 
+  auto* tune = app.add_subcommand("tune", "time every kernel choice for each model and T on this GPU; write the "
+                                          "fastest as its tuned table (configs/<device>.json)");
+  std::string tune_models = "all", tune_tokens = "1,2,4,8,16,32,64,128,256,512,1024,2048,4096,8192";
+  tmoe::cli::TuneOptions tune_opt;
+  tune->add_option("--model", tune_models, "model presets, comma-separated, or all")->capture_default_str();
+  tune->add_option("--tokens", tune_tokens, "token counts T, comma-separated: each is a bucket's upper end")
+      ->capture_default_str();
+  tune->add_option("--device", tune_opt.device, "GPU index")->capture_default_str();
+  tune->add_option("--out", tune_opt.out, "the table to write (default configs/<device>.json)");
+  tune->add_option("--models-file", models_file, "model presets file")->capture_default_str();
+
   CLI11_PARSE(app, argc, argv);
 
   try {
     if (app.got_subcommand("info")) {
       print_info();
       return 0;
+    }
+    if (app.got_subcommand("tune")) {
+      const std::vector<std::string> names =
+          tune_models == "all" ? tmoe::cli::model_names(models_file) : split(tune_models);
+      for (const std::string& name : names) tune_opt.models.push_back(tmoe::cli::load_model(models_file, name));
+      tune_opt.tokens = parse_tokens(tune_tokens);
+      if (std::find(tune_opt.tokens.begin(), tune_opt.tokens.end(), 0) != tune_opt.tokens.end() ||
+          !std::is_sorted(tune_opt.tokens.begin(), tune_opt.tokens.end())) {
+        throw CLI::ValidationError("--tokens", "expected increasing positive token counts, got '" + tune_tokens + "'");
+      }
+      for (int i = 0; i < argc; ++i) tune_opt.command += (i ? " " : "") + std::string(i ? argv[i] : "tmoe");
+      return tmoe::cli::run_tune(tune_opt);
     }
     if (model.empty() == shape.empty()) throw CLI::ValidationError("bench", "give exactly one of --model or --shape");
     opt.model = model.empty() ? tmoe::cli::parse_shape(shape) : tmoe::cli::load_model(models_file, model);

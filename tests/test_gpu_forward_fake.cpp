@@ -140,7 +140,8 @@ class GpuForwardFakeTest : public ::testing::TestWithParam<Api> {
   // The fake records each argument at its byte size: tell it each kernel's,
   // from the manifest (the variants of one kernel share their parameter list).
   void install_arg_sizes() {
-    for (const char* kernel : {"route", "align_count", "align_scatter", "gate_up_swiglu", "down", "combine"}) {
+    for (const char* kernel : {"route", "align_count", "align_scatter", "gate_up_swiglu", "down", "combine",
+                               "decode_gate_up_swiglu", "decode_down_combine"}) {
       const std::vector<const KernelEntry*> entries = bundle_->find(kernel, target());
       ASSERT_FALSE(entries.empty()) << kernel;
       const std::vector<int> sizes = arg_sizes(*entries.front());
@@ -267,7 +268,7 @@ class GpuForwardFakeTest : public ::testing::TestWithParam<Api> {
     const std::string act = dtype_key(c.act);
     auto a16 = [](const void* p) { return address(p) % 16 == 0; };
     auto gemm = [&](const char* mode, int64_t m, bool hinted) {
-      return act + "_" + mode + "_m" + std::to_string(m) + (hinted ? "_div16" : "_any");
+      return act + "_" + mode + "_m" + std::to_string(m) + (hinted ? "_t0_div16" : "_any");
     };
     auto block_m_rule = [](int64_t rows, bool hinted) -> int64_t {
       if (!hinted) return 32;
@@ -277,35 +278,12 @@ class GpuForwardFakeTest : public ::testing::TestWithParam<Api> {
     // Routed GEMMs: one BLOCK_M for both, which is also the alignment's.
     const bool hinted = c.H % 16 == 0 && c.I % 16 == 0 && a16(l.x) && a16(l.w13) && a16(l.w2) && a16(l.out) &&
                         (from_logits || a16(l.weights));
-    const int64_t rule_m = block_m_rule(S / std::min(c.E, S), hinted);
-    const KernelEntry* gate_up = entry("gate_up_swiglu", gemm("routed", rule_m, hinted));
-    const KernelEntry* down = entry("down", gemm(direct ? "routed_direct" : "routed", rule_m, hinted));
-    const int64_t block_m = constexpr_of(gate_up, "BLOCK_M");
-    EXPECT_EQ(block_m, rule_m) << gate_up->describe();
-    EXPECT_EQ(constexpr_of(down, "BLOCK_M"), block_m) << down->describe();
-    const int64_t capacity = round_up(S + std::min(c.E, S) * (block_m - 1), block_m);
-    const int64_t m_blocks = capacity / block_m;
-
+    const bool shared_hinted =
+        c.Is == 0 || (c.H % 16 == 0 && c.Is % 16 == 0 && a16(l.x) && a16(l.shared_w13) && a16(l.shared_w2));
     const int64_t e_bucket = c.E <= 64 ? 64 : c.E <= 256 ? 256 : 1024;
-    std::string align_variant = "c";  // (built with += : GCC 12 warns falsely on "c" + std::string)
-    align_variant += std::to_string(S <= 16384 ? 256 : 2048) + "_e" + std::to_string(e_bucket);
-    const KernelEntry* align_count = entry("align_count", align_variant);
-    const KernelEntry* align_scatter = entry("align_scatter", align_variant);
-    const int64_t chunk = constexpr_of(align_count, "CHUNK");
-    EXPECT_EQ(constexpr_of(align_scatter, "CHUNK"), chunk);
-    EXPECT_GE(constexpr_of(align_count, "BLOCK_E"), c.E);
-    const int64_t chunks = cdiv(S, chunk);
-
-    // Workspace buffers, sized by the doc's table.
     const Want ids = from_logits ? buffer("topk_ids", S * 4) : ptr(l.ids);
     const Want weights = from_logits ? buffer("topk_weights", S * 4) : ptr(l.weights);
-    const Want chunk_counts = buffer("chunk_counts", chunks * c.E * 4);
-    const Want sorted_slots = buffer("sorted_slots", capacity * 4);
-    const Want block_expert = buffer("block_expert", capacity / block_m * 4);
-    const Want h = buffer("h", capacity * c.I * es);
-    const Want y = direct ? ptr(l.out) : buffer("y", c.T * R * c.H * 4);
     const Want null = exact(0);
-
     std::vector<ExpectedLaunch> launches;
     if (from_logits) {
       const KernelEntry* route = entry("route", dtype_key(*c.logits) + "_e" + std::to_string(e_bucket));
@@ -324,6 +302,88 @@ class GpuForwardFakeTest : public ::testing::TestWithParam<Api> {
                            {"routed_scaling_factor", fp32(1.0f)},
                            {"has_correction_bias", i32(0)}}});
     }
+
+    // An untuned device runs one token on the decode path when every hint holds.
+    if (c.T == 1 && hinted && shared_hinted) {
+      // The widest tile with rows * cdiv(N, BLOCK_N) >= 2 * SMs, else the last (narrowest).
+      const int64_t sms = cuda() ? 132 : 304;  // what the fake drivers report
+      auto widest = [&](const std::string& kernel, const std::string& prefix, int64_t rows, int64_t N) {
+        const KernelEntry* chosen = nullptr;
+        for (int t = 0;; ++t) {
+          auto found = bundle_->find(kernel, target(), [&](const KernelEntry& e) {
+            return e.variant == prefix + "_t" + std::to_string(t);
+          });
+          if (found.empty()) break;
+          chosen = found.front();
+          if (rows * cdiv(N, constexpr_of(chosen, "BLOCK_N")) >= 2 * sms) break;
+        }
+        EXPECT_NE(chosen, nullptr) << "no " << kernel << " variant " << prefix << "_t0";
+        return chosen;
+      };
+      const KernelEntry* gate_up = widest("decode_gate_up_swiglu", act + "_routed", c.k, c.I);
+      const KernelEntry* down = widest("decode_down_combine", act + (c.Is > 0 ? "_shared" : "_routed"), 1, c.H);
+      const Want h = buffer("h", S * c.I * es);
+      launches.push_back({gate_up, S * cdiv(c.I, constexpr_of(gate_up, "BLOCK_N")),
+                          {{"x", ptr(l.x)},
+                           {"w13", ptr(l.w13)},
+                           {"h", h},
+                           {"topk_ids", ids},
+                           {"top_k", i32(c.k)},
+                           {"H", i32(c.H)},
+                           {"I", i32(c.I)}}});
+      const Want h_shared = c.Is > 0 ? buffer("h_shared", c.Is * es) : null;
+      if (c.Is > 0) {
+        // The shared expert's gate_up: the dense variant of the routed one's tile.
+        const std::string tile = gate_up->variant.substr(gate_up->variant.rfind("_t"));
+        const KernelEntry* shared_gate_up = entry("decode_gate_up_swiglu", act + "_dense" + tile);
+        launches.push_back({shared_gate_up, cdiv(c.Is, constexpr_of(shared_gate_up, "BLOCK_N")),
+                            {{"x", ptr(l.x)},
+                             {"w13", ptr(l.shared_w13)},
+                             {"h", h_shared},
+                             {"topk_ids", null},
+                             {"top_k", i32(1)},
+                             {"H", i32(c.H)},
+                             {"I", i32(c.Is)}}});
+      }
+      launches.push_back({down, cdiv(c.H, constexpr_of(down, "BLOCK_N")),
+                          {{"h", h},
+                           {"w2", ptr(l.w2)},
+                           {"out", ptr(l.out)},
+                           {"topk_ids", ids},
+                           {"topk_weights", weights},
+                           {"h_shared", h_shared},
+                           {"shared_w2", c.Is > 0 ? ptr(l.shared_w2) : null},
+                           {"top_k", i32(c.k)},
+                           {"H", i32(c.H)},
+                           {"I", i32(c.I)},
+                           {"shared_I", i32(c.Is)}}});
+      return launches;
+    }
+
+    const int64_t rule_m = block_m_rule(S / std::min(c.E, S), hinted);
+    const KernelEntry* gate_up = entry("gate_up_swiglu", gemm("routed", rule_m, hinted));
+    const KernelEntry* down = entry("down", gemm(direct ? "routed_direct" : "routed", rule_m, hinted));
+    const int64_t block_m = constexpr_of(gate_up, "BLOCK_M");
+    EXPECT_EQ(block_m, rule_m) << gate_up->describe();
+    EXPECT_EQ(constexpr_of(down, "BLOCK_M"), block_m) << down->describe();
+    const int64_t capacity = round_up(S + std::min(c.E, S) * (block_m - 1), block_m);
+    const int64_t m_blocks = capacity / block_m;
+
+    std::string align_variant = "c";  // (built with += : GCC 12 warns falsely on "c" + std::string)
+    align_variant += std::to_string(S <= 16384 ? 256 : 2048) + "_e" + std::to_string(e_bucket);
+    const KernelEntry* align_count = entry("align_count", align_variant);
+    const KernelEntry* align_scatter = entry("align_scatter", align_variant);
+    const int64_t chunk = constexpr_of(align_count, "CHUNK");
+    EXPECT_EQ(constexpr_of(align_scatter, "CHUNK"), chunk);
+    EXPECT_GE(constexpr_of(align_count, "BLOCK_E"), c.E);
+    const int64_t chunks = cdiv(S, chunk);
+
+    // Workspace buffers, sized by the doc's table.
+    const Want chunk_counts = buffer("chunk_counts", chunks * c.E * 4);
+    const Want sorted_slots = buffer("sorted_slots", capacity * 4);
+    const Want block_expert = buffer("block_expert", capacity / block_m * 4);
+    const Want h = buffer("h", capacity * c.I * es);
+    const Want y = direct ? ptr(l.out) : buffer("y", c.T * R * c.H * 4);
     launches.push_back({align_count, chunks,
                         {{"topk_ids", ids},
                          {"chunk_counts", chunk_counts},
@@ -367,8 +427,6 @@ class GpuForwardFakeTest : public ::testing::TestWithParam<Api> {
                          {"y_first_row", i32(0)}}});
     if (c.Is > 0) {
       // Dense: BLOCK_M from T by the same rule; m32_any when H or Is is not a multiple of 16.
-      const bool shared_hinted =
-          c.H % 16 == 0 && c.Is % 16 == 0 && a16(l.x) && a16(l.shared_w13) && a16(l.shared_w2);
       const int64_t dense_m = block_m_rule(c.T, shared_hinted);
       const KernelEntry* shared_gate_up = entry("gate_up_swiglu", gemm("dense", dense_m, shared_hinted));
       const KernelEntry* shared_down = entry("down", gemm("dense", dense_m, shared_hinted));
@@ -564,8 +622,8 @@ TEST_P(GpuForwardFakeTest, RoutedFromLogitsWithSharedExpertLaunchesTheDocumented
   // S = 34, 34 / min(8, 34) = 4 rows per expert -> BLOCK_M 16, capacity = round_up(34 + 8 * 15, 16) = 160;
   // the dense GEMMs take BLOCK_M 64 from T = 17.
   ASSERT_EQ(variant_names(expected),
-            "route/f32_e64 align_count/c256_e64 align_scatter/c256_e64 gate_up_swiglu/bf16_routed_m16_div16 "
-            "down/bf16_routed_m16_div16 gate_up_swiglu/bf16_dense_m64_div16 down/bf16_dense_m64_div16 "
+            "route/f32_e64 align_count/c256_e64 align_scatter/c256_e64 gate_up_swiglu/bf16_routed_m16_t0_div16 "
+            "down/bf16_routed_m16_t0_div16 gate_up_swiglu/bf16_dense_m64_t0_div16 down/bf16_dense_m64_t0_div16 "
             "combine/bf16_div16");
   EXPECT_EQ(expected[1].args.at("capacity").value, 160u);
   EXPECT_EQ(expected[7].grid, 17);  // T * cdiv(256, BLOCK_H) with BLOCK_H >= 256
@@ -587,11 +645,43 @@ TEST_P(GpuForwardFakeTest, SingleExpertWithoutSharedExpertWritesOutDirectly) {
   Layer l = make_layer({"k1_direct", 17, 8, 1, 256, 128, 0});
   const std::vector<ExpectedLaunch> expected = expected_launches(l);
   ASSERT_EQ(variant_names(expected),
-            "route/f32_e64 align_count/c256_e64 align_scatter/c256_e64 gate_up_swiglu/bf16_routed_m16_div16 "
-            "down/bf16_routed_direct_m16_div16");
+            "route/f32_e64 align_count/c256_e64 align_scatter/c256_e64 gate_up_swiglu/bf16_routed_m16_t0_div16 "
+            "down/bf16_routed_direct_m16_t0_div16");
   EXPECT_EQ(expected[4].args.at("y").value, address(l.out));
   ASSERT_EQ(forward(l), TMOE_SUCCESS) << tmoe_last_error();
   check_launches(l, expected);  // no combine: 5 launches
+}
+
+TEST_P(GpuForwardFakeTest, OneTokenTakesTheDecodePathWithCombineFusedIntoDown) {
+  OPEN_CONTEXT_OR_RETURN();
+  Layer l = make_layer({"decode_shared", 1, 8, 2, 256, 128, 64});
+  const std::vector<ExpectedLaunch> expected = expected_launches(l);
+  // No align, no y, no combine. Worked by hand: gate_up has 2 * cdiv(128, BLOCK_N) programs and
+  // down cdiv(256, BLOCK_N), fewer than two per SM for every tile, so both take their narrowest.
+  ASSERT_EQ(variant_names(expected),
+            "route/f32_e64 decode_gate_up_swiglu/bf16_routed_t1 decode_gate_up_swiglu/bf16_dense_t1 "
+            "decode_down_combine/bf16_shared_t2");
+  ASSERT_EQ(forward(l), TMOE_SUCCESS) << tmoe_last_error();
+  check_launches(l, expected);
+
+  int32_t launches = 0;
+  char description[512];
+  ASSERT_EQ(tmoe_moe_plan(ctx_, &l.args, &launches, description, sizeof description), TMOE_SUCCESS);
+  EXPECT_EQ(launches, 4);
+  EXPECT_STREQ(description,
+               "decode t1/t2 (heuristic): route/f32_e64 decode_gate_up_swiglu/bf16_routed_t1 "
+               "decode_gate_up_swiglu/bf16_dense_t1 decode_down_combine/bf16_shared_t2");
+}
+
+TEST_P(GpuForwardFakeTest, OneUnalignedTokenStaysOnTheSortedPath) {
+  OPEN_CONTEXT_OR_RETURN();
+  Layer l = make_layer({"decode_unaligned", 1, 8, 2, 256, 128, 0, TMOE_DTYPE_BF16, TMOE_DTYPE_F32, 2});
+  const std::vector<ExpectedLaunch> expected = expected_launches(l);
+  ASSERT_EQ(variant_names(expected),
+            "route/f32_e64 align_count/c256_e64 align_scatter/c256_e64 gate_up_swiglu/bf16_routed_m32_any "
+            "down/bf16_routed_m32_any combine/bf16_div16");
+  ASSERT_EQ(forward(l), TMOE_SUCCESS) << tmoe_last_error();
+  check_launches(l, expected);
 }
 
 TEST_P(GpuForwardFakeTest, OddHiddenSizePicksTheAnyVariants) {
@@ -615,29 +705,29 @@ TEST_P(GpuForwardFakeTest, VariantsFollowDtypesAlignmentAndShapes) {
   const Variation variations[] = {
       // f16 activations, bf16 logits: route by the logits' dtype, the rest by the activations'.
       {{"f16_bf16_logits", 17, 8, 2, 256, 128, 64, TMOE_DTYPE_F16, TMOE_DTYPE_BF16},
-       "route/bf16_e64 align_count/c256_e64 align_scatter/c256_e64 gate_up_swiglu/f16_routed_m16_div16 "
-       "down/f16_routed_m16_div16 gate_up_swiglu/f16_dense_m64_div16 down/f16_dense_m64_div16 combine/f16_div16"},
+       "route/bf16_e64 align_count/c256_e64 align_scatter/c256_e64 gate_up_swiglu/f16_routed_m16_t0_div16 "
+       "down/f16_routed_m16_t0_div16 gate_up_swiglu/f16_dense_m64_t0_div16 down/f16_dense_m64_t0_div16 combine/f16_div16"},
       // x 2 bytes past 16-byte alignment: every GEMM unhinted; combine reads y and out only.
       {{"x_unaligned", 17, 8, 2, 256, 128, 64, TMOE_DTYPE_BF16, TMOE_DTYPE_F32, 2},
        "route/f32_e64 align_count/c256_e64 align_scatter/c256_e64 gate_up_swiglu/bf16_routed_m32_any "
        "down/bf16_routed_m32_any gate_up_swiglu/bf16_dense_m32_any down/bf16_dense_m32_any combine/bf16_div16"},
       // Is = 40: only the shared expert's GEMMs lose the hint.
       {{"odd_shared_I", 17, 8, 2, 256, 128, 40},
-       "route/f32_e64 align_count/c256_e64 align_scatter/c256_e64 gate_up_swiglu/bf16_routed_m16_div16 "
-       "down/bf16_routed_m16_div16 gate_up_swiglu/bf16_dense_m32_any down/bf16_dense_m32_any combine/bf16_div16"},
+       "route/f32_e64 align_count/c256_e64 align_scatter/c256_e64 gate_up_swiglu/bf16_routed_m16_t0_div16 "
+       "down/bf16_routed_m16_t0_div16 gate_up_swiglu/bf16_dense_m32_any down/bf16_dense_m32_any combine/bf16_div16"},
       // E = 100: the 256-expert buckets; S = 1200, 12 rows per expert.
       {{"e100", 300, 100, 4, 64, 32, 0},
-       "route/f32_e256 align_count/c256_e256 align_scatter/c256_e256 gate_up_swiglu/bf16_routed_m16_div16 "
-       "down/bf16_routed_m16_div16 combine/bf16_div16"},
+       "route/f32_e256 align_count/c256_e256 align_scatter/c256_e256 gate_up_swiglu/bf16_routed_m16_t0_div16 "
+       "down/bf16_routed_m16_t0_div16 combine/bf16_div16"},
       // 500 rows per expert: BLOCK_M 128; dense BLOCK_M 128 from T = 2000.
       {{"prefill", 2000, 8, 2, 64, 32, 16},
-       "route/f32_e64 align_count/c256_e64 align_scatter/c256_e64 gate_up_swiglu/bf16_routed_m128_div16 "
-       "down/bf16_routed_m128_div16 gate_up_swiglu/bf16_dense_m128_div16 down/bf16_dense_m128_div16 "
+       "route/f32_e64 align_count/c256_e64 align_scatter/c256_e64 gate_up_swiglu/bf16_routed_m128_t0_div16 "
+       "down/bf16_routed_m128_t0_div16 gate_up_swiglu/bf16_dense_m128_t0_div16 down/bf16_dense_m128_t0_div16 "
        "combine/bf16_div16"},
       // S = 16400 > 16384: CHUNK 2048.
       {{"chunk2048", 8200, 8, 2, 32, 16, 0},
-       "route/f32_e64 align_count/c2048_e64 align_scatter/c2048_e64 gate_up_swiglu/bf16_routed_m128_div16 "
-       "down/bf16_routed_m128_div16 combine/bf16_div16"},
+       "route/f32_e64 align_count/c2048_e64 align_scatter/c2048_e64 gate_up_swiglu/bf16_routed_m128_t0_div16 "
+       "down/bf16_routed_m128_t0_div16 combine/bf16_div16"},
   };
   for (const Variation& v : variations) {
     SCOPED_TRACE(v.c.name);
@@ -658,8 +748,8 @@ TEST_P(GpuForwardFakeTest, GivenIdsSkipRouteAndAreCheckedUnlessTrusted) {
   Layer l = make_layer(c);
   const std::vector<ExpectedLaunch> expected = expected_launches(l);
   ASSERT_EQ(variant_names(expected),
-            "align_count/c256_e64 align_scatter/c256_e64 gate_up_swiglu/bf16_routed_m16_div16 "
-            "down/bf16_routed_m16_div16 gate_up_swiglu/bf16_dense_m64_div16 down/bf16_dense_m64_div16 "
+            "align_count/c256_e64 align_scatter/c256_e64 gate_up_swiglu/bf16_routed_m16_t0_div16 "
+            "down/bf16_routed_m16_t0_div16 gate_up_swiglu/bf16_dense_m64_t0_div16 down/bf16_dense_m64_t0_div16 "
             "combine/bf16_div16");
   ASSERT_EQ(forward(l), TMOE_SUCCESS) << tmoe_last_error();
   check_launches(l, expected);  // align_count reads the caller's ids, down the caller's weights

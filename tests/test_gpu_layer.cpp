@@ -1,13 +1,17 @@
 // What only a GPU backend has to prove: a forward captured in a CUDA graph and
-// replayed on new inputs, and layers running on two streams at once. Plus a
-// small set of representative shapes for compute-sanitizer (GpuSanitize*).
+// replayed on new inputs, layers running on two streams at once, and every
+// kernel choice a tuned table may name (GpuSanitizeChoices*) matching the
+// reference. Plus a small set of representative shapes for compute-sanitizer
+// (GpuSanitize*).
 // Instantiated only where a GPU is present.
 #include <gtest/gtest.h>
 
 #include <string>
 #include <vector>
 
+#include "core/problem.hpp"
 #include "gpu/device.hpp"
+#include "gpu/gpu_backend.hpp"
 #include "layer_problem.hpp"
 
 namespace tmoe::testing {
@@ -102,12 +106,57 @@ TEST_P(GpuSanitizeTest, MatchesFloat64Reference) {
 
 const Source kSoftmax = Source::kSoftmaxTopk, kGrouped = Source::kSigmoidGroupedTopk;
 
+// `tmoe tune` may write any candidate into a table: each must be right, on both
+// paths, with and without a shared expert, from logits and from given ids.
+class GpuSanitizeChoicesTest : public ::testing::TestWithParam<std::tuple<std::string, LayerCase>> {};
+
+TEST_P(GpuSanitizeChoicesTest, EveryCandidateMatchesFloat64Reference) {
+  const auto& [backend_name, c] = GetParam();
+  const uint64_t seed = test_seed();
+  SCOPED_TRACE(seed_note(seed));
+  const HostProblem host(c, seed);
+  BackendHarness harness(backend_name);
+  const DeviceProblem d = upload(harness, host);
+  std::unique_ptr<gpu::TunableBackend> backend;
+  const Status made = gpu::make_tunable_backend(0, &backend);
+  ASSERT_TRUE(made.is_ok()) << made.message();
+  MoeProblem problem;
+  const Status valid = validate_moe_args(d.args, &problem);
+  ASSERT_TRUE(valid.is_ok()) << valid.message();
+  const std::vector<gpu::KernelChoice> candidates = backend->candidates(problem);
+  EXPECT_GE(candidates.size(), 2u);
+  bool saw_decode = false;
+  for (const gpu::KernelChoice& choice : candidates) {
+    SCOPED_TRACE(choice.describe());
+    saw_decode = saw_decode || choice.path == gpu::GemmPath::decode;
+    harness.fill(d.out, 0xFF, d.out_bytes);
+    const Status ran = backend->forward_with(problem, ExecContext{harness.stream(), nullptr, 0, false}, choice);
+    ASSERT_TRUE(ran.is_ok()) << ran.message();
+    expect_matches_reference(c, host, download_out(harness, d), seed);
+  }
+  EXPECT_TRUE(saw_decode) << "every case here is hinted: the decode path is a candidate";
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Gpu, GpuSanitizeChoicesTest,
+    ::testing::Combine(::testing::ValuesIn(gpu_backend_names()), ::testing::Values(
+        LayerCase{.T = 1, .E = 64, .k = 8, .H = 256, .I = 96, .dtype = kBF16, .source = kGrouped, .shared_I = 64,
+                  .renormalize = true, .n_group = 8, .topk_group = 4, .routed_scaling_factor = 2.5f},
+        LayerCase{.T = 5, .E = 16, .k = 4, .H = 128, .I = 80, .dtype = kF16},
+        LayerCase{.T = 40, .E = 8, .k = 1, .H = 64, .I = 48, .dtype = kBF16, .source = kSoftmax},
+        LayerCase{.T = 300, .E = 32, .k = 2, .H = 128, .I = 64, .dtype = kBF16, .source = kSoftmax, .shared_I = 32,
+                  .checked_rows = 32})),
+    [](const ::testing::TestParamInfo<GpuSanitizeChoicesTest::ParamType>& info) {
+      return std::get<0>(info.param) + "_" + case_name(std::get<1>(info.param));
+    });
+
 INSTANTIATE_TEST_SUITE_P(
     GpuSanitize, GpuSanitizeTest,
     ::testing::Combine(
         ::testing::ValuesIn(gpu_backend_names()),
         ::testing::Values(
             LayerCase{.T = 1, .E = 128, .k = 8, .H = 256, .I = 128, .dtype = kBF16, .source = kSoftmax, .renormalize = true},
+            LayerCase{.T = 1, .E = 64, .k = 6, .H = 512, .I = 96, .dtype = kF16, .shared_I = 64},
             LayerCase{.T = 17, .E = 8, .k = 2, .H = 33, .I = 47, .dtype = kBF16, .source = Source::kTopkSoftmax},
             LayerCase{.T = 255, .E = 60, .k = 1, .H = 128, .I = 96, .dtype = kF16},
             LayerCase{.T = 300, .E = 64, .k = 8, .H = 256, .I = 64, .dtype = kBF16, .source = kGrouped, .shared_I = 128,
@@ -124,6 +173,7 @@ INSTANTIATE_TEST_SUITE_P(Gpu, GpuStreamsTest, ::testing::ValuesIn(gpu_backend_na
 GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(GpuGraphTest);
 GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(GpuStreamsTest);
 GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(GpuSanitizeTest);
+GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(GpuSanitizeChoicesTest);
 
 }  // namespace
 }  // namespace tmoe::testing

@@ -139,6 +139,12 @@ TMOE_API const char* tmoe_context_device_name(tmoe_context ctx);
 /* Device workspace the forward needs when args->workspace is given (0 on the CPU). */
 TMOE_API tmoe_status tmoe_moe_workspace_size(tmoe_context ctx, const tmoe_moe_args* args, size_t* bytes);
 TMOE_API tmoe_status tmoe_moe_forward(tmoe_context ctx, const tmoe_moe_args* args);
+/* What tmoe_moe_forward would run for these arguments, without running it:
+ * *launches kernel launches (0 on the CPU) and, when description is not NULL, a
+ * NUL-terminated line (cut to description_bytes) naming the path, its tiles,
+ * whether the device's tuned table chose them, and every kernel variant. */
+TMOE_API tmoe_status tmoe_moe_plan(tmoe_context ctx, const tmoe_moe_args* args, int32_t* launches, char* description,
+                                   size_t description_bytes);
 
 /* Fills a tensor descriptor with contiguous row-major strides. */
 TMOE_API tmoe_tensor tmoe_make_tensor(void* data, tmoe_dtype dtype, int32_t rank, const int64_t* shape);

@@ -71,6 +71,17 @@ class Context {
     return bytes;
   }
   void forward(const tmoe_moe_args& args) { check(tmoe_moe_forward(ctx_, &args)); }
+  struct Plan {
+    int32_t launches = 0;
+    std::string description;
+  };
+  Plan plan(const tmoe_moe_args& args) const {
+    Plan p;
+    char text[1024] = {};
+    check(tmoe_moe_plan(ctx_, &args, &p.launches, text, sizeof text));
+    p.description = text;
+    return p;
+  }
 
   tmoe_context get() const noexcept { return ctx_; }
 

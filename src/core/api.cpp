@@ -1,6 +1,8 @@
 // The C ABI: argument checks, the context object and the thread-local error.
 #include <tmoe/tmoe.h>
 
+#include <algorithm>
+#include <cstring>
 #include <memory>
 #include <new>
 #include <string>
@@ -157,6 +159,27 @@ tmoe_status tmoe_moe_workspace_size(tmoe_context ctx, const tmoe_moe_args* args,
     TMOE_RETURN_IF_ERROR(validate_call(ctx, args, &problem));
     TMOE_RETURN_IF_ERROR(ctx->backend->supports(problem));
     *bytes = ctx->backend->workspace_bytes(problem);
+    return tmoe::Status::ok();
+  });
+}
+
+tmoe_status tmoe_moe_plan(tmoe_context ctx, const tmoe_moe_args* args, int32_t* launches, char* description,
+                          size_t description_bytes) {
+  return guarded([&]() -> tmoe::Status {
+    if (launches == nullptr) return tmoe::Status::invalid("launches: expected a pointer, got NULL");
+    if (description != nullptr && description_bytes == 0) {
+      return tmoe::Status::invalid("description_bytes: expected room for at least the terminating NUL, got 0");
+    }
+    tmoe::MoeProblem problem;
+    TMOE_RETURN_IF_ERROR(validate_call(ctx, args, &problem));
+    tmoe::PlanInfo info;
+    TMOE_RETURN_IF_ERROR(ctx->backend->describe_plan(problem, &info));
+    *launches = info.launches;
+    if (description != nullptr) {
+      const size_t n = std::min(info.description.size(), description_bytes - 1);
+      std::memcpy(description, info.description.data(), n);
+      description[n] = '\0';
+    }
     return tmoe::Status::ok();
   });
 }

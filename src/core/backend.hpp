@@ -19,6 +19,12 @@ struct ExecContext {
   bool trust_routing_values = false;  // skip the device-to-host check of given ids/weights
 };
 
+// What a forward runs: for `tmoe_moe_plan` and `tmoe bench`.
+struct PlanInfo {
+  int launches = 0;         // device kernel launches (0 on the CPU)
+  std::string description;  // the path and every kernel, one line
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -27,6 +33,8 @@ class Backend {
   // Ok, or Unsupported with the reason (dtype, shape, missing compiled target...).
   virtual Status supports(const MoeProblem& problem) const = 0;
   virtual size_t workspace_bytes(const MoeProblem& problem) const = 0;
+  // Unsupported as supports() would be.
+  virtual Status describe_plan(const MoeProblem& problem, PlanInfo* info) const = 0;
   // Called with a validated problem; answers Unsupported as supports() would
   // (checking inside saves the GPU planning twice per call). Must not write
   // `out` unless it succeeds.

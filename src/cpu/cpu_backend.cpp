@@ -216,6 +216,13 @@ class CpuBackend final : public Backend {
 
   size_t workspace_bytes(const MoeProblem&) const override { return 0; }
 
+  Status describe_plan(const MoeProblem& p, PlanInfo* info) const override {
+    TMOE_RETURN_IF_ERROR(supports(p));
+    info->launches = 0;
+    info->description = "cpu: per active expert, f32 OpenBLAS GEMMs (GEMVs for <= 8 tokens) on OpenMP threads";
+    return Status::ok();
+  }
+
   Status forward(const MoeProblem& p, const ExecContext&) override {
     TMOE_RETURN_IF_ERROR(supports(p));
     try {

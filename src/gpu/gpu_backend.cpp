@@ -9,8 +9,9 @@
 #include <string>
 #include <vector>
 
+#include "gpu/gpu_backend.hpp"
+
 #include "core/align.hpp"
-#include "core/backend.hpp"
 #include "gpu/bundle.hpp"
 #include "gpu/device.hpp"
 #include "gpu/launcher.hpp"
@@ -25,6 +26,8 @@ using gpu::Dim3;
 using gpu::KernelEntry;
 
 int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+// Kernel i32 parameters; the plan has checked every value fits.
+int32_t i32(int64_t v) { return static_cast<int32_t>(v); }
 
 const char* dtype_key(tmoe_dtype dtype) {
   switch (dtype) {
@@ -36,15 +39,18 @@ const char* dtype_key(tmoe_dtype dtype) {
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
-// The GEMM row block for `rows` rows per expert: small blocks waste no padding
-// at decode, large ones reuse each weight tile across more rows at prefill.
-// Tuned tables replace this first cut (issue: performance).
-int64_t gemm_block_m(int64_t rows, bool hinted) {
-  if (!hinted) return 32;
+constexpr int kFallbackBlockM = 32;  // the unhinted ("any") GEMM variants' row block
+
+// The heuristic's GEMM row block for `rows` rows per expert (untuned shapes):
+// small blocks waste no padding at decode, large ones reuse each weight tile
+// across more rows at prefill.
+int gemm_block_m(int64_t rows) {
   if (rows <= 16) return 16;
   if (rows <= 128) return 64;
   return 128;
 }
+
+std::string tile(int index) { return std::string("_t") + std::to_string(index); }
 
 // Byte offsets of every buffer inside one workspace, each 256-byte aligned (which
 // keeps the div16 variants' alignment promise).
@@ -62,14 +68,17 @@ struct WorkspaceLayout {
 
 // Everything one forward launches, chosen before the first launch.
 struct Plan {
+  gpu::KernelChoice choice;
   int64_t S = 0;          // slots, T*k
   int64_t R = 0;          // rows of y per token: k, plus one for the shared expert
-  int64_t block_m = 0;    // the routed GEMMs' row block, and the alignment's
-  int64_t capacity = 0;   // padded slots for the worst routing
-  int64_t chunks = 0;     // align programs
+  int64_t capacity = 0;   // sorted path: padded slots for the worst routing
+  int64_t chunks = 0;     // sorted path: align programs
   int64_t shared_block_m = 0;
-  bool direct = false;    // R == 1: down writes out, no combine
+  bool direct = false;    // sorted path, R == 1: down writes out, no combine
   const KernelEntry* route = nullptr;
+  const KernelEntry* decode_gate_up = nullptr;
+  const KernelEntry* decode_shared_gate_up = nullptr;
+  const KernelEntry* decode_down = nullptr;
   const KernelEntry* align_count = nullptr;
   const KernelEntry* align_scatter = nullptr;
   const KernelEntry* gate_up = nullptr;
@@ -78,29 +87,89 @@ struct Plan {
   const KernelEntry* shared_down = nullptr;
   const KernelEntry* combine = nullptr;
   WorkspaceLayout ws;
+
+  std::vector<const KernelEntry*> launches() const {
+    std::vector<const KernelEntry*> all;
+    for (const KernelEntry* e : {route, align_count, align_scatter, gate_up, down, shared_gate_up, shared_down, combine,
+                                 decode_gate_up, decode_shared_gate_up, decode_down}) {
+      if (e != nullptr) all.push_back(e);
+    }
+    return all;
+  }
 };
 
-class GpuBackend final : public Backend {
+// What a problem allows before any choice: the div16 promise of the hinted variants.
+struct Hints {
+  bool routed = false;  // x, w13, w2, out (and given weights) aligned, H and I multiples of 16
+  bool shared = false;  // the same for the shared expert
+  bool decode() const { return routed && shared; }
+};
+
+class GpuBackend final : public gpu::TunableBackend {
  public:
-  GpuBackend(std::shared_ptr<gpu::Device> device, const gpu::Bundle& bundle, std::string target)
-      : device_(std::move(device)), bundle_(bundle), target_(std::move(target)), launcher_(device_, bundle) {}
+  GpuBackend(std::shared_ptr<gpu::Device> device, const gpu::Bundle& bundle, std::string target,
+             std::shared_ptr<const gpu::TuningTable> table)
+      : device_(std::move(device)), bundle_(bundle), target_(std::move(target)), table_(std::move(table)),
+        launcher_(device_, bundle) {}
 
   const char* name() const override { return "gpu"; }
   std::string device_name() const override { return device_->name() + " (" + target_ + ")"; }
 
   Status supports(const MoeProblem& p) const override {
     Plan plan;
-    return make_plan(p, &plan);
+    return make_plan(p, nullptr, &plan);
   }
 
   size_t workspace_bytes(const MoeProblem& p) const override {
     Plan plan;
-    return make_plan(p, &plan).is_ok() ? plan.ws.total : 0;
+    return make_plan(p, nullptr, &plan).is_ok() ? plan.ws.total : 0;
   }
 
-  Status forward(const MoeProblem& p, const ExecContext& exec) override {
+  Status describe_plan(const MoeProblem& p, PlanInfo* info) const override {
     Plan plan;
-    TMOE_RETURN_IF_ERROR(make_plan(p, &plan));
+    TMOE_RETURN_IF_ERROR(make_plan(p, nullptr, &plan));
+    info->launches = p.T == 0 ? 0 : static_cast<int>(plan.launches().size());
+    info->description = plan.choice.describe() + (choice_is_tuned(p) ? " (tuned)" : " (heuristic)") + ":";
+    for (const KernelEntry* e : plan.launches()) info->description += " " + e->kernel + "/" + e->variant;
+    return Status::ok();
+  }
+
+  Status forward(const MoeProblem& p, const ExecContext& exec) override { return run(p, exec, nullptr); }
+
+  std::vector<gpu::KernelChoice> candidates(const MoeProblem& p) const override {
+    const Hints hints = hints_of(p);
+    std::vector<gpu::KernelChoice> all;
+    const std::string act = dtype_key(p.dtype);
+    if (hints.decode()) {
+      const std::string down_mode = p.has_shared_expert() ? "_shared" : "_routed";
+      for (int g : tiles("decode_gate_up_swiglu", act + "_routed", "")) {
+        for (int d : tiles("decode_down_combine", act + down_mode, "")) all.push_back({gpu::GemmPath::decode, 0, g, d});
+      }
+    }
+    if (!hints.routed) return {heuristic(p, hints)};
+    const std::string down_mode = p.k == 1 && !p.has_shared_expert() ? "_routed_direct" : "_routed";
+    for (int block_m : {16, 64, 128}) {
+      const std::string m = std::string("_m") + std::to_string(block_m);
+      for (int g : tiles("gate_up_swiglu", act + "_routed" + m, "_div16")) {
+        for (int d : tiles("down", act + down_mode + m, "_div16")) all.push_back({gpu::GemmPath::sorted, block_m, g, d});
+      }
+    }
+    return all;
+  }
+
+  gpu::KernelChoice choice(const MoeProblem& p) const override { return choose(p, hints_of(p)); }
+  gpu::KernelChoice heuristic_choice(const MoeProblem& p) const override { return heuristic(p, hints_of(p)); }
+  const std::string& device_model() const override { return device_->name(); }
+  const std::string& target() const override { return target_; }
+
+  Status forward_with(const MoeProblem& p, const ExecContext& exec, const gpu::KernelChoice& choice) override {
+    return run(p, exec, &choice);
+  }
+
+ private:
+  Status run(const MoeProblem& p, const ExecContext& exec, const gpu::KernelChoice* forced) {
+    Plan plan;
+    TMOE_RETURN_IF_ERROR(make_plan(p, forced, &plan));
     TMOE_RETURN_IF_ERROR(device_->make_current());
     uint8_t* ws = nullptr;
     if (exec.workspace != nullptr) {
@@ -122,19 +191,17 @@ class GpuBackend final : public Backend {
       ws = reinterpret_cast<uint8_t*>(static_cast<uintptr_t>(workspace_.address()));
     }
     // Load every module first: a missing or broken binary fails before out is touched.
-    for (const KernelEntry* e : {plan.route, plan.align_count, plan.align_scatter, plan.gate_up, plan.down,
-                                 plan.shared_gate_up, plan.shared_down, plan.combine}) {
-      if (e == nullptr) continue;
+    for (const KernelEntry* e : plan.launches()) {
       const gpu::Module* module = nullptr;
       TMOE_RETURN_IF_ERROR(launcher_.modules().get(*e, &module));
     }
     if (!p.routed_from_logits() && !exec.trust_routing_values) {
       TMOE_RETURN_IF_ERROR(check_given_routing(p, exec.stream));
     }
-    return enqueue(p, plan, ws, exec.stream);
+    return plan.choice.path == gpu::GemmPath::decode ? enqueue_decode(p, plan, ws, exec.stream)
+                                                     : enqueue_sorted(p, plan, ws, exec.stream);
   }
 
- private:
   Status select(const std::string& kernel, const std::string& variant, const KernelEntry** entry) const {
     auto found = bundle_.find(kernel, target_, [&](const KernelEntry& e) { return e.variant == variant; });
     if (found.empty()) {
@@ -144,11 +211,68 @@ class GpuBackend final : public Backend {
     return Status::ok();
   }
 
-  static std::string gemm_variant(const char* dtype, const char* mode, int64_t block_m, bool hinted) {
-    return std::string(dtype) + "_" + mode + "_m" + std::to_string(block_m) + (hinted ? "_div16" : "_any");
+  // The tile indices i of the variants named prefix + "_t<i>" + suffix, in order.
+  std::vector<int> tiles(const std::string& kernel, const std::string& prefix, const std::string& suffix) const {
+    std::vector<int> indices;
+    for (int i = 0; !bundle_.find(kernel, target_, [&](const KernelEntry& e) {
+           return e.variant == prefix + tile(i) + suffix;
+         }).empty();
+         ++i) {
+      indices.push_back(i);
+    }
+    return indices;
   }
 
-  Status make_plan(const MoeProblem& p, Plan* plan) const {
+  static Hints hints_of(const MoeProblem& p) {
+    Hints h;
+    h.routed = p.H % 16 == 0 && p.I % 16 == 0 && aligned16(p.x) && aligned16(p.w13) && aligned16(p.w2) &&
+               aligned16(p.out) && (p.routed_from_logits() || aligned16(p.topk_weights));
+    h.shared = !p.has_shared_expert() || (p.H % 16 == 0 && p.shared_I % 16 == 0 && aligned16(p.x) &&
+                                          aligned16(p.shared_w13) && aligned16(p.shared_w2));
+    return h;
+  }
+
+  bool choice_is_tuned(const MoeProblem& p) const { return tuned_choice(p, hints_of(p)) != nullptr; }
+
+  const gpu::KernelChoice* tuned_choice(const MoeProblem& p, const Hints& hints) const {
+    if (table_ == nullptr || !hints.routed) return nullptr;
+    const gpu::KernelChoice* c = table_->find({p.E, p.H, p.I, p.k}, p.T);
+    // A decode choice needs the shared expert's hints too; without them the heuristic serves.
+    return c != nullptr && (c->path == gpu::GemmPath::sorted || hints.decode()) ? c : nullptr;
+  }
+
+  gpu::KernelChoice choose(const MoeProblem& p, const Hints& hints) const {
+    if (const gpu::KernelChoice* tuned = tuned_choice(p, hints)) return *tuned;
+    return heuristic(p, hints);
+  }
+
+  // Untuned shapes: the decode path for one token (its experts are distinct, so
+  // per-slot GEMVs read each weight once), else the sorted path with t0 tiles.
+  gpu::KernelChoice heuristic(const MoeProblem& p, const Hints& hints) const {
+    if (!hints.routed) return {gpu::GemmPath::sorted, kFallbackBlockM, 0, 0};
+    if (hints.decode() && p.T == 1) {
+      const std::string act = dtype_key(p.dtype);
+      return {gpu::GemmPath::decode, 0, widest_decode_tile("decode_gate_up_swiglu", act + "_routed", p.k, p.I),
+              widest_decode_tile("decode_down_combine", act + (p.has_shared_expert() ? "_shared" : "_routed"), 1, p.H)};
+    }
+    const int64_t S = p.T * p.k;
+    return {gpu::GemmPath::sorted, gemm_block_m(S / std::max<int64_t>(1, std::min(p.E, S))), 0, 0};
+  }
+
+  // The widest decode tile that still gives every SM two programs (rows * N / BLOCK_N
+  // programs), else the narrowest: a GEMV is bound by how many SMs stream weights.
+  int widest_decode_tile(const std::string& kernel, const std::string& prefix, int64_t rows, int64_t N) const {
+    int chosen = 0;
+    for (int i : tiles(kernel, prefix, "")) {
+      const KernelEntry* e = nullptr;
+      if (!select(kernel, prefix + tile(i), &e).is_ok()) break;
+      chosen = i;
+      if (rows * cdiv(N, e->constexpr_or("BLOCK_N", 1)) >= 2 * device_->multiprocessor_count()) break;
+    }
+    return chosen;
+  }
+
+  Status make_plan(const MoeProblem& p, const gpu::KernelChoice* forced, Plan* plan) const {
     if (!bundle_.built_with_kernels()) {
       return Status::unsupported("this build of tritonmoe has no GPU kernels (built with TMOE_BUILD_KERNELS=OFF)");
     }
@@ -157,38 +281,83 @@ class GpuBackend final : public Backend {
                                  tmoe_dtype_name(p.dtype) + " (f32 runs on the CPU backend)");
     }
     if (p.E > 1024) return Status::unsupported("w13: the GPU kernels serve E <= 1024 experts, got " + std::to_string(p.E));
-    const int64_t i32_max = std::numeric_limits<int32_t>::max();
-    const char* act = dtype_key(p.dtype);
+    const Hints hints = hints_of(p);
     Plan& q = *plan;
+    q.choice = forced ? *forced : choose(p, hints);
     q.S = p.T * p.k;
     q.R = p.k + (p.has_shared_expert() ? 1 : 0);
-    q.direct = q.R == 1;
-    const bool hinted = p.H % 16 == 0 && p.I % 16 == 0 && aligned16(p.x) && aligned16(p.w13) && aligned16(p.w2) &&
-                        aligned16(p.out) && (p.routed_from_logits() || aligned16(p.topk_weights));
-    const int64_t rows_per_expert = q.S / std::max<int64_t>(1, std::min(p.E, q.S));
-    q.block_m = gemm_block_m(rows_per_expert, hinted);
-    q.capacity = max_padded_slots(q.S, p.E, q.block_m);
-    if (q.capacity > i32_max || p.T * q.R > i32_max || p.H > i32_max || p.I > i32_max) {
+    const int64_t e_bucket = p.E <= 64 ? 64 : p.E <= 256 ? 256 : 1024;
+    if (p.routed_from_logits()) {
+      TMOE_RETURN_IF_ERROR(select("route", std::string(dtype_key(p.logits_dtype)) + "_e" + std::to_string(e_bucket), &q.route));
+    }
+    if (q.choice.path == gpu::GemmPath::decode) {
+      if (!hints.decode()) {
+        return Status::unsupported("the decode path needs 16-byte aligned tensors and H, I (and the shared expert's I) "
+                                   "multiples of 16");
+      }
+      return plan_decode(p, &q);
+    }
+    if (q.choice.block_m != kFallbackBlockM && !hints.routed) {
+      return Status::unsupported("sorted m" + std::to_string(q.choice.block_m) +
+                                 " needs 16-byte aligned tensors and H, I multiples of 16");
+    }
+    return plan_sorted(p, hints, e_bucket, &q);
+  }
+
+  Status check_index_range(const MoeProblem& p, const Plan& q) const {
+    const int64_t i32_max = std::numeric_limits<int32_t>::max();
+    if (q.capacity > i32_max || p.T * q.R > i32_max || q.S > i32_max || p.H > i32_max || p.I > i32_max) {
       return Status::unsupported("x: T=" + std::to_string(p.T) + " with k=" + std::to_string(p.k) +
                                  " exceeds the GPU kernels' 32-bit slot indices");
     }
+    return Status::ok();
+  }
+
+  // Buffers of the routing the kernels read (route's output when routing from logits).
+  static void layout_routing(const MoeProblem& p, Plan* q) {
+    if (p.routed_from_logits()) {
+      q->ws.topk_ids = q->ws.add(q->S * 4);
+      q->ws.topk_weights = q->ws.add(q->S * 4);
+    }
+  }
+
+  Status plan_decode(const MoeProblem& p, Plan* plan) const {
+    Plan& q = *plan;
+    TMOE_RETURN_IF_ERROR(check_index_range(p, q));
+    const std::string act = dtype_key(p.dtype);
+    const std::string gate_up_tile = tile(q.choice.gate_up_tile);
+    TMOE_RETURN_IF_ERROR(select("decode_gate_up_swiglu", act + "_routed" + gate_up_tile, &q.decode_gate_up));
+    if (p.has_shared_expert()) {
+      TMOE_RETURN_IF_ERROR(select("decode_gate_up_swiglu", act + "_dense" + gate_up_tile, &q.decode_shared_gate_up));
+    }
+    TMOE_RETURN_IF_ERROR(select("decode_down_combine",
+                                act + (p.has_shared_expert() ? "_shared" : "_routed") + tile(q.choice.down_tile),
+                                &q.decode_down));
+    const size_t esize = dtype_size(p.dtype);
+    layout_routing(p, &q);
+    q.ws.h = q.ws.add(static_cast<size_t>(q.S) * p.I * esize);
+    if (p.has_shared_expert()) q.ws.h_shared = q.ws.add(static_cast<size_t>(p.T) * p.shared_I * esize);
+    return Status::ok();
+  }
+
+  Status plan_sorted(const MoeProblem& p, const Hints& hints, int64_t e_bucket, Plan* plan) const {
+    Plan& q = *plan;
+    const char* act = dtype_key(p.dtype);
+    const int64_t block_m = q.choice.block_m;
+    q.direct = q.R == 1;
+    q.capacity = max_padded_slots(q.S, p.E, block_m);
+    TMOE_RETURN_IF_ERROR(check_index_range(p, q));
     const int64_t chunk = q.S <= 16384 ? 256 : 2048;
     q.chunks = cdiv(q.S, chunk);
-    const int64_t e_bucket = p.E <= 64 ? 64 : p.E <= 256 ? 256 : 1024;
-    const std::string bucket = "_e" + std::to_string(e_bucket);
-
-    if (p.routed_from_logits()) TMOE_RETURN_IF_ERROR(select("route", std::string(dtype_key(p.logits_dtype)) + bucket, &q.route));
-    const std::string align_variant = "c" + std::to_string(chunk) + bucket;
+    const std::string align_variant = std::string("c") + std::to_string(chunk) + "_e" + std::to_string(e_bucket);
     TMOE_RETURN_IF_ERROR(select("align_count", align_variant, &q.align_count));
     TMOE_RETURN_IF_ERROR(select("align_scatter", align_variant, &q.align_scatter));
-    TMOE_RETURN_IF_ERROR(select("gate_up_swiglu", gemm_variant(act, "routed", q.block_m, hinted), &q.gate_up));
-    TMOE_RETURN_IF_ERROR(select("down", gemm_variant(act, q.direct ? "routed_direct" : "routed", q.block_m, hinted), &q.down));
+    TMOE_RETURN_IF_ERROR(select("gate_up_swiglu", gemm_variant(act, "routed", block_m, q.choice.gate_up_tile), &q.gate_up));
+    TMOE_RETURN_IF_ERROR(select("down", gemm_variant(act, q.direct ? "routed_direct" : "routed", block_m, q.choice.down_tile), &q.down));
     if (p.has_shared_expert()) {
-      const bool shared_hinted = p.H % 16 == 0 && p.shared_I % 16 == 0 && aligned16(p.x) &&
-                                 aligned16(p.shared_w13) && aligned16(p.shared_w2);
-      q.shared_block_m = gemm_block_m(p.T, shared_hinted);
-      TMOE_RETURN_IF_ERROR(select("gate_up_swiglu", gemm_variant(act, "dense", q.shared_block_m, shared_hinted), &q.shared_gate_up));
-      TMOE_RETURN_IF_ERROR(select("down", gemm_variant(act, "dense", q.shared_block_m, shared_hinted), &q.shared_down));
+      q.shared_block_m = hints.shared ? gemm_block_m(p.T) : kFallbackBlockM;
+      TMOE_RETURN_IF_ERROR(select("gate_up_swiglu", gemm_variant(act, "dense", q.shared_block_m, 0), &q.shared_gate_up));
+      TMOE_RETURN_IF_ERROR(select("down", gemm_variant(act, "dense", q.shared_block_m, 0), &q.shared_down));
     }
     if (!q.direct) {
       const bool combine_hinted = p.H % 16 == 0 && aligned16(p.out);
@@ -197,19 +366,22 @@ class GpuBackend final : public Backend {
 
     const size_t esize = dtype_size(p.dtype);
     WorkspaceLayout& w = q.ws;
-    if (p.routed_from_logits()) {
-      w.topk_ids = w.add(q.S * 4);
-      w.topk_weights = w.add(q.S * 4);
-    }
+    layout_routing(p, &q);
     w.chunk_counts = w.add(q.chunks * p.E * 4);
     w.expert_counts = w.add(p.E * 4);
     w.expert_offsets = w.add((p.E + 1) * 4);
     w.sorted_slots = w.add(q.capacity * 4);
-    w.block_expert = w.add(q.capacity / q.block_m * 4);
+    w.block_expert = w.add(q.capacity / block_m * 4);
     w.h = w.add(static_cast<size_t>(q.capacity) * p.I * esize);
     if (p.has_shared_expert()) w.h_shared = w.add(static_cast<size_t>(p.T) * p.shared_I * esize);
     if (!q.direct) w.y = w.add(static_cast<size_t>(p.T) * q.R * p.H * 4);
     return Status::ok();
+  }
+
+  // "bf16_routed_m64_t1_div16"; the unhinted fallback is "bf16_routed_m32_any".
+  static std::string gemm_variant(const char* dtype, const char* mode, int64_t block_m, int tile_index) {
+    const std::string base = std::string(dtype) + "_" + mode + "_m" + std::to_string(block_m);
+    return block_m == kFallbackBlockM ? base + "_any" : base + tile(tile_index) + "_div16";
   }
 
   // The caller's ids and weights, read once the work queued before this call on
@@ -232,30 +404,81 @@ class GpuBackend final : public Backend {
     return launcher_.launch(*e, Dim3{static_cast<uint32_t>(programs), 1, 1}, args, stream);
   }
 
-  Status enqueue(const MoeProblem& p, const Plan& q, uint8_t* ws, void* stream) {
-    auto at = [&](size_t offset) { return device_address(ws + offset); };
-    const auto i32 = [](int64_t v) { return static_cast<int32_t>(v); };
-    const gpu::DeviceAddress ids = p.routed_from_logits() ? at(q.ws.topk_ids) : device_address(p.topk_ids);
-    const gpu::DeviceAddress weights = p.routed_from_logits() ? at(q.ws.topk_weights) : device_address(p.topk_weights);
-    const gpu::DeviceAddress null{0};
+  // The routing the GEMMs read: route's output in the workspace, or the caller's.
+  static gpu::DeviceAddress routing_ids(const MoeProblem& p, const Plan& q, uint8_t* ws) {
+    return p.routed_from_logits() ? device_address(ws + q.ws.topk_ids) : device_address(p.topk_ids);
+  }
+  static gpu::DeviceAddress routing_weights(const MoeProblem& p, const Plan& q, uint8_t* ws) {
+    return p.routed_from_logits() ? device_address(ws + q.ws.topk_weights) : device_address(p.topk_weights);
+  }
 
-    if (q.route) {
-      const RoutingConfig& r = p.routing;
-      TMOE_RETURN_IF_ERROR(launch(q.route, p.T,
-                                  {{"logits", device_address(p.logits)},
-                                   {"correction_bias", device_address(r.correction_bias)},
-                                   {"topk_ids", ids},
-                                   {"topk_weights", weights},
-                                   {"E", i32(p.E)},
-                                   {"top_k", i32(p.k)},
-                                   {"mode", i32(r.mode)},
-                                   {"renormalize", i32(r.renormalize)},
-                                   {"n_group", i32(r.n_group)},
-                                   {"topk_group", i32(r.topk_group)},
-                                   {"routed_scaling_factor", r.routed_scaling_factor},
-                                   {"has_correction_bias", i32(r.correction_bias != nullptr)}},
+  Status enqueue_route(const MoeProblem& p, const Plan& q, uint8_t* ws, void* stream) {
+    if (q.route == nullptr) return Status::ok();
+    const RoutingConfig& r = p.routing;
+    return launch(q.route, p.T,
+                  {{"logits", device_address(p.logits)},
+                   {"correction_bias", device_address(r.correction_bias)},
+                   {"topk_ids", routing_ids(p, q, ws)},
+                   {"topk_weights", routing_weights(p, q, ws)},
+                   {"E", i32(p.E)},
+                   {"top_k", i32(p.k)},
+                   {"mode", i32(r.mode)},
+                   {"renormalize", i32(r.renormalize)},
+                   {"n_group", i32(r.n_group)},
+                   {"topk_group", i32(r.topk_group)},
+                   {"routed_scaling_factor", r.routed_scaling_factor},
+                   {"has_correction_bias", i32(r.correction_bias != nullptr)}},
+                  stream);
+  }
+
+  Status enqueue_decode(const MoeProblem& p, const Plan& q, uint8_t* ws, void* stream) {
+    auto at = [&](size_t offset) { return device_address(ws + offset); };
+    const gpu::DeviceAddress null{0};
+    const gpu::DeviceAddress ids = routing_ids(p, q, ws);
+    TMOE_RETURN_IF_ERROR(enqueue_route(p, q, ws, stream));
+    TMOE_RETURN_IF_ERROR(launch(q.decode_gate_up, q.S * cdiv(p.I, q.decode_gate_up->constexpr_or("BLOCK_N", 0)),
+                                {{"x", device_address(p.x)},
+                                 {"w13", device_address(p.w13)},
+                                 {"h", at(q.ws.h)},
+                                 {"topk_ids", ids},
+                                 {"top_k", i32(p.k)},
+                                 {"H", i32(p.H)},
+                                 {"I", i32(p.I)}},
+                                stream));
+    if (q.decode_shared_gate_up) {
+      const int64_t n_blocks = cdiv(p.shared_I, q.decode_shared_gate_up->constexpr_or("BLOCK_N", 0));
+      TMOE_RETURN_IF_ERROR(launch(q.decode_shared_gate_up, p.T * n_blocks,
+                                  {{"x", device_address(p.x)},
+                                   {"w13", device_address(p.shared_w13)},
+                                   {"h", at(q.ws.h_shared)},
+                                   {"topk_ids", null},
+                                   {"top_k", 1},
+                                   {"H", i32(p.H)},
+                                   {"I", i32(p.shared_I)}},
                                   stream));
     }
+    const bool shared = p.has_shared_expert();
+    return launch(q.decode_down, p.T * cdiv(p.H, q.decode_down->constexpr_or("BLOCK_N", 0)),
+                  {{"h", at(q.ws.h)},
+                   {"w2", device_address(p.w2)},
+                   {"out", device_address(p.out)},
+                   {"topk_ids", ids},
+                   {"topk_weights", routing_weights(p, q, ws)},
+                   {"h_shared", shared ? at(q.ws.h_shared) : null},
+                   {"shared_w2", shared ? device_address(p.shared_w2) : null},
+                   {"top_k", i32(p.k)},
+                   {"H", i32(p.H)},
+                   {"I", i32(p.I)},
+                   {"shared_I", i32(shared ? p.shared_I : 0)}},
+                  stream);
+  }
+
+  Status enqueue_sorted(const MoeProblem& p, const Plan& q, uint8_t* ws, void* stream) {
+    auto at = [&](size_t offset) { return device_address(ws + offset); };
+    const gpu::DeviceAddress ids = routing_ids(p, q, ws);
+    const gpu::DeviceAddress weights = routing_weights(p, q, ws);
+    const gpu::DeviceAddress null{0};
+    TMOE_RETURN_IF_ERROR(enqueue_route(p, q, ws, stream));
     TMOE_RETURN_IF_ERROR(launch(q.align_count, q.chunks,
                                 {{"topk_ids", ids},
                                  {"chunk_counts", at(q.ws.chunk_counts)},
@@ -273,10 +496,10 @@ class GpuBackend final : public Backend {
                                  {"block_expert", at(q.ws.block_expert)},
                                  {"num_slots", i32(q.S)},
                                  {"E", i32(p.E)},
-                                 {"block_m", i32(q.block_m)},
+                                 {"block_m", i32(q.choice.block_m)},
                                  {"capacity", i32(q.capacity)}},
                                 stream));
-    const int64_t m_blocks = q.capacity / q.block_m;
+    const int64_t m_blocks = q.capacity / q.choice.block_m;
     TMOE_RETURN_IF_ERROR(launch(q.gate_up, m_blocks * cdiv(p.I, q.gate_up->constexpr_or("BLOCK_N", 0)),
                                 {{"x", device_address(p.x)},
                                  {"w13", device_address(p.w13)},
@@ -342,20 +565,30 @@ class GpuBackend final : public Backend {
   std::shared_ptr<gpu::Device> device_;
   const gpu::Bundle& bundle_;
   std::string target_;
+  std::shared_ptr<const gpu::TuningTable> table_;  // null: the heuristic serves every shape
   gpu::Launcher launcher_;
   gpu::DeviceBuffer workspace_;
 };
 
 }  // namespace
 
-Status make_gpu_backend(int device_index, std::unique_ptr<Backend>* backend) {
-  const gpu::Bundle* bundle = nullptr;
-  TMOE_RETURN_IF_ERROR(gpu::embedded_bundle(&bundle));
-  std::shared_ptr<gpu::Device> device;
-  TMOE_RETURN_IF_ERROR(gpu::Device::open(device_index, &device));
+Status gpu::make_tunable_backend(int device_index, std::unique_ptr<TunableBackend>* backend) {
+  const Bundle* bundle = nullptr;
+  TMOE_RETURN_IF_ERROR(embedded_bundle(&bundle));
+  std::shared_ptr<Device> device;
+  TMOE_RETURN_IF_ERROR(Device::open(device_index, &device));
   std::string target;
-  TMOE_RETURN_IF_ERROR(gpu::resolve_target(*bundle, *device, &target));
-  *backend = std::make_unique<GpuBackend>(std::move(device), *bundle, std::move(target));
+  TMOE_RETURN_IF_ERROR(resolve_target(*bundle, *device, &target));
+  std::shared_ptr<const TuningTable> table;
+  TMOE_RETURN_IF_ERROR(tuning_table_for(device->name(), target, &table));
+  *backend = std::make_unique<GpuBackend>(std::move(device), *bundle, std::move(target), std::move(table));
+  return Status::ok();
+}
+
+Status make_gpu_backend(int device_index, std::unique_ptr<Backend>* backend) {
+  std::unique_ptr<gpu::TunableBackend> tunable;
+  TMOE_RETURN_IF_ERROR(gpu::make_tunable_backend(device_index, &tunable));
+  *backend = std::move(tunable);
   return Status::ok();
 }
 

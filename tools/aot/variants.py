@@ -3,10 +3,10 @@
 Every variant is built for every target, under the same name, so the runtime
 selects by name (or by constexprs) the same way on every GPU; only the tile
 details behind a name (BLOCK_N, BLOCK_K, warps, stages) may differ per backend.
-A name says dtype, mode, BLOCK_M and whether the variant's hinted arguments must
-be multiples of 16 ("div16") or may be anything ("any": the fallback for odd
-shapes and unaligned pointers). Tiles are a first cut for small, mid and large T;
-tuning comes later.
+A name says dtype, mode, BLOCK_M, the tile ("t0", "t1", ...: the index into the
+tile lists below, which `tmoe tune` chooses among) and whether the variant's hinted
+arguments must be multiples of 16 ("div16") or may be anything ("any": the fallback
+for odd shapes and unaligned pointers).
 """
 from dataclasses import dataclass
 
@@ -32,22 +32,46 @@ class Config:
     num_stages: int
 
 
-# BLOCK_M -> backend -> (BLOCK_N, BLOCK_K, num_warps, num_stages). gate_up and down
-# pair by BLOCK_M (one alignment serves both GEMMs); BLOCK_M 32 is the unhinted
-# fallback. AMD keeps two stages: its pipeliner holds one buffer in LDS (64 KiB on
-# gfx90a/gfx942), the next in registers.
+# BLOCK_M -> tiles, each backend -> (BLOCK_N, BLOCK_K, num_warps, num_stages). A tile's
+# index is its name ("t0", "t1", ...): `tmoe tune` times them and configs/<device>.json
+# records the winner; the heuristic for untuned devices takes t0. gate_up and down pair
+# by BLOCK_M (one alignment serves both GEMMs) and choose their tiles independently.
+# CUDA tiles fit the A100's shared memory (163 KiB) as well as the H100's. AMD keeps
+# two stages: its pipeliner holds one buffer in LDS (64 KiB on gfx90a/gfx942), the
+# next in registers. BLOCK_M 32 is the unhinted fallback, one tile.
 GATE_UP_TILES = {
-    16: {"cuda": (64, 128, 4, 4), "hip": (64, 64, 4, 2)},
-    64: {"cuda": (64, 64, 4, 3), "hip": (64, 64, 4, 2)},
-    128: {"cuda": (128, 64, 8, 3), "hip": (128, 64, 8, 2)},
+    16: ({"cuda": (64, 128, 4, 4), "hip": (64, 64, 4, 2)},
+         {"cuda": (32, 128, 4, 4), "hip": (32, 128, 4, 2)},
+         {"cuda": (128, 64, 4, 4), "hip": (128, 64, 4, 2)}),
+    64: ({"cuda": (64, 64, 4, 3), "hip": (64, 64, 4, 2)},
+         {"cuda": (128, 64, 4, 3), "hip": (128, 64, 8, 2)},
+         {"cuda": (64, 128, 4, 3), "hip": (64, 128, 4, 2)}),
+    128: ({"cuda": (128, 64, 8, 3), "hip": (128, 64, 8, 2)},
+          {"cuda": (64, 64, 4, 4), "hip": (64, 64, 4, 2)},
+          {"cuda": (128, 32, 8, 4), "hip": (128, 32, 8, 2)}),
 }
 DOWN_TILES = {
-    16: {"cuda": (64, 128, 4, 4), "hip": (64, 64, 4, 2)},
-    64: {"cuda": (128, 64, 4, 3), "hip": (128, 64, 4, 2)},
-    128: {"cuda": (128, 64, 8, 3), "hip": (128, 64, 8, 2)},
+    16: ({"cuda": (64, 128, 4, 4), "hip": (64, 64, 4, 2)},
+         {"cuda": (32, 128, 4, 4), "hip": (32, 128, 4, 2)},
+         {"cuda": (128, 64, 4, 4), "hip": (128, 64, 4, 2)}),
+    64: ({"cuda": (128, 64, 4, 3), "hip": (128, 64, 4, 2)},
+         {"cuda": (64, 64, 4, 3), "hip": (64, 64, 4, 2)},
+         {"cuda": (128, 128, 4, 3), "hip": (128, 64, 8, 2)}),
+    128: ({"cuda": (128, 64, 8, 3), "hip": (128, 64, 8, 2)},
+          {"cuda": (256, 64, 8, 3), "hip": (256, 32, 8, 2)},
+          {"cuda": (128, 128, 8, 2), "hip": (128, 64, 4, 2)}),
 }
 FALLBACK_BLOCK_M = 32
 FALLBACK_TILE = {"cuda": (64, 64, 4, 3), "hip": (64, 64, 4, 2)}
+
+# The decode path's GEMV tiles, widest first: backend -> (BLOCK_N, BLOCK_K, num_warps).
+# The heuristic takes the widest that still launches two programs per SM.
+DECODE_GATE_UP_TILES = ({"cuda": (32, 256, 8), "hip": (32, 256, 8)},
+                        {"cuda": (16, 256, 4), "hip": (16, 256, 4)})
+DECODE_DOWN_TILES = ({"cuda": (16, 256, 4), "hip": (16, 256, 4)},
+                     {"cuda": (8, 256, 4), "hip": (8, 256, 4)},
+                     {"cuda": (4, 512, 4), "hip": (4, 512, 4)})
+DECODE_STAGES = 3
 
 
 @dataclass(frozen=True)
@@ -96,15 +120,19 @@ def align_variants():
 
 
 def gemm_variants(kernel, module, prefix, dtype, types, routed, tiles):
-    """The hinted variants of every BLOCK_M in tiles, then the unhinted fallback."""
+    """The hinted variants of every BLOCK_M and tile in tiles, then the unhinted fallback."""
     pointers = tuple(arg for arg, ty in types.items() if ty.startswith("*"))
-    choices = [(block_m, per_backend, True) for block_m, per_backend in tiles.items()]
-    choices.append((FALLBACK_BLOCK_M, FALLBACK_TILE, False))
-    for block_m, per_backend, hinted in choices:
+    choices = [(f"m{block_m}_t{index}_div16", block_m, per_backend, pointers + ("H", "I"))
+               for block_m, per_block in tiles.items() for index, per_backend in enumerate(per_block)]
+    choices.append((f"m{FALLBACK_BLOCK_M}_any", FALLBACK_BLOCK_M, FALLBACK_TILE, ()))
+    for suffix, block_m, per_backend, hints in choices:
         configs = {backend: Config(dict(ROUTED=routed, BLOCK_M=block_m, BLOCK_N=n, BLOCK_K=k), warps, stages)
                    for backend, (n, k, warps, stages) in per_backend.items()}
-        yield Variant(kernel, module, f"{prefix}_m{block_m}_{'div16' if hinted else 'any'}", dtype, types, configs,
-                      pointers + ("H", "I") if hinted else ())
+        yield Variant(kernel, module, f"{prefix}_{suffix}", dtype, types, configs, hints)
+
+
+def first_tile_only(tiles):
+    return {block_m: per_block[:1] for block_m, per_block in tiles.items()}
 
 
 def gate_up_variants():
@@ -112,9 +140,9 @@ def gate_up_variants():
         a = pointer(dtype)
         types = dict(x=a, w13=a, h=a, sorted_slots="*i32", block_expert="*i32", num_slots="i32", top_k="i32",
                      H="i32", I="i32")
-        for routed in (True, False):
-            yield from gemm_variants("gate_up_swiglu", "gate_up_swiglu", f"{dtype}_{'routed' if routed else 'dense'}",
-                                     dtype, types, routed, GATE_UP_TILES)
+        # The shared expert (dense) is not tuned: it keeps t0.
+        for mode, routed, tiles in (("routed", True, GATE_UP_TILES), ("dense", False, first_tile_only(GATE_UP_TILES))):
+            yield from gemm_variants("gate_up_swiglu", "gate_up_swiglu", f"{dtype}_{mode}", dtype, types, routed, tiles)
 
 
 def down_variants():
@@ -124,7 +152,8 @@ def down_variants():
             a = pointer(dtype)
             types = dict(h=a, w2=a, y=pointer(y_dtype), sorted_slots="*i32", block_expert="*i32", topk_weights="*fp32",
                          num_slots="i32", top_k="i32", H="i32", I="i32", y_rows_per_token="i32", y_first_row="i32")
-            yield from gemm_variants("down", "down_combine", f"{dtype}_{mode}", dtype, types, routed, DOWN_TILES)
+            tiles = DOWN_TILES if routed else first_tile_only(DOWN_TILES)
+            yield from gemm_variants("down", "down_combine", f"{dtype}_{mode}", dtype, types, routed, tiles)
 
 
 def combine_variants():
@@ -135,6 +164,30 @@ def combine_variants():
         yield Variant("combine", "down_combine", f"{dtype}_any", dtype, types, configs)
 
 
+def decode_configs(per_backend, constexprs):
+    return {backend: Config(dict(constexprs, BLOCK_N=n, BLOCK_K=k), warps, DECODE_STAGES)
+            for backend, (n, k, warps) in per_backend.items()}
+
+
+def decode_variants():
+    """Only hinted (div16) variants: an odd shape or unaligned pointer takes the sorted path."""
+    for dtype in ACTIVATION_DTYPES:
+        a = pointer(dtype)
+        types = dict(x=a, w13=a, h=a, topk_ids="*i32", top_k="i32", H="i32", I="i32")
+        for mode, routed in (("routed", True), ("dense", False)):
+            for index, per_backend in enumerate(DECODE_GATE_UP_TILES):
+                yield Variant("decode_gate_up_swiglu", "decode", f"{dtype}_{mode}_t{index}", dtype, types,
+                              decode_configs(per_backend, dict(ROUTED=routed)), ("x", "w13", "h", "H", "I"))
+        types = dict(h=a, w2=a, out=a, topk_ids="*i32", topk_weights="*fp32", h_shared=a, shared_w2=a, top_k="i32",
+                     H="i32", I="i32", shared_I="i32")
+        for mode, shared in (("routed", False), ("shared", True)):
+            for index, per_backend in enumerate(DECODE_DOWN_TILES):
+                yield Variant("decode_down_combine", "decode", f"{dtype}_{mode}_t{index}", dtype, types,
+                              decode_configs(per_backend, dict(HAS_SHARED=shared)),
+                              ("h", "w2", "out", "h_shared", "shared_w2", "H", "I", "shared_I"))
+
+
 def all_variants():
-    for family in (route_variants, align_variants, gate_up_variants, down_variants, combine_variants):
+    for family in (route_variants, align_variants, gate_up_variants, down_variants, combine_variants,
+                   decode_variants):
         yield from family()

@@ -1,0 +1,113 @@
+#include "layer_inputs.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <stdexcept>
+#include <tmoe/tmoe.hpp>
+
+#include "core/problem.hpp"
+#include "reference/random.hpp"
+
+namespace tmoe::cli {
+
+namespace {
+
+using reference::mix;
+using reference::random_tensor;
+
+// Router logits: each row a random permutation of an evenly spaced grid plus a
+// jitter far smaller than the spacing, so f32 routing (the library) and f64
+// routing (the reference) cannot disagree on a near-tie.
+std::vector<float> random_logits(int64_t T, int64_t E, uint64_t seed) {
+  std::vector<float> logits(static_cast<size_t>(T * E));
+  const double step = 4.0 / static_cast<double>(E);
+  for (int64_t t = 0; t < T; ++t) {
+    std::mt19937_64 rng(mix(seed + static_cast<uint64_t>(t)));
+    std::vector<int64_t> perm(E);
+    for (int64_t e = 0; e < E; ++e) perm[e] = e;
+    std::shuffle(perm.begin(), perm.end(), rng);
+    std::uniform_real_distribution<double> jitter(-0.05 * step, 0.05 * step);
+    for (int64_t e = 0; e < E; ++e) {
+      logits[t * E + e] = static_cast<float>((static_cast<double>(perm[e]) - 0.5 * E) * step + jitter(rng));
+    }
+  }
+  return logits;
+}
+
+}  // namespace
+
+tmoe_dtype parse_dtype(const std::string& s) {
+  if (s == "bf16") return TMOE_DTYPE_BF16;
+  if (s == "f16" || s == "fp16") return TMOE_DTYPE_F16;
+  if (s == "f32" || s == "fp32") return TMOE_DTYPE_F32;
+  throw std::runtime_error("--dtype: expected bf16, f16 or f32, got '" + s + "'");
+}
+
+LayerInputs::LayerInputs(BenchDevice& device, const ModelShape& m, tmoe_dtype dtype, uint64_t seed)
+    : device_(device), model_(m), dtype_(dtype), seed_(seed) {
+  const int64_t H = m.H, I = m.I, E = m.E, Is = m.shared_I;
+  host_w13_ = random_tensor(E * 2 * I * H, dtype, 1.0 / std::sqrt(double(H)), seed + 1);
+  host_w2_ = random_tensor(E * H * I, dtype, 1.0 / std::sqrt(double(I)), seed + 2);
+  if (Is) {
+    host_sw13_ = random_tensor(2 * Is * H, dtype, 1.0 / std::sqrt(double(H)), seed + 3);
+    host_sw2_ = random_tensor(H * Is, dtype, 1.0 / std::sqrt(double(Is)), seed + 4);
+    sw13_ = place(host_sw13_, &d_sw13_);
+    sw2_ = place(host_sw2_, &d_sw2_);
+  }
+  w13_ = place(host_w13_, &d_w13_);
+  w2_ = place(host_w2_, &d_w2_);
+}
+
+// On the CPU the host copies are the tensors; on a GPU they are uploaded.
+void* LayerInputs::place(std::vector<uint8_t>& host, DeviceBuffer* buffer) const {
+  if (device_.is_host()) return host.data();
+  *buffer = DeviceBuffer(device_, host.size());
+  device_.upload(buffer->get(), host.data(), host.size());
+  return buffer->get();
+}
+
+LayerInputs::Batch LayerInputs::batch(int64_t T) const {
+  const ModelShape& m = model_;
+  Batch b;
+  b.layer_ = this;
+  b.host_x_ = random_tensor(T * m.H, dtype_, 1.0, seed_ + 100 + static_cast<uint64_t>(T));
+  b.host_logits_ = random_logits(T, m.E, seed_ + 200 + static_cast<uint64_t>(T));
+  const auto* logit_bytes = reinterpret_cast<const uint8_t*>(b.host_logits_.data());
+  b.host_logits_bytes_.assign(logit_bytes, logit_bytes + b.host_logits_.size() * sizeof(float));
+  b.host_out_.assign(static_cast<size_t>(T * m.H) * dtype_size(dtype_), 0xff);  // NaN pattern: unwritten shows
+
+  tmoe_moe_args& a = b.args_;
+  a.x = tmoe::tensor(place(b.host_x_, &b.x_), dtype_, {T, m.H});
+  a.router_logits = tmoe::tensor(place(b.host_logits_bytes_, &b.logits_), TMOE_DTYPE_F32, {T, m.E});
+  a.routing = m.routing;
+  a.w13 = tmoe::tensor(w13_, dtype_, {m.E, 2 * m.I, m.H});
+  a.w2 = tmoe::tensor(w2_, dtype_, {m.E, m.H, m.I});
+  if (m.shared_I) {
+    a.shared_w13 = tmoe::tensor(sw13_, dtype_, {2 * m.shared_I, m.H});
+    a.shared_w2 = tmoe::tensor(sw2_, dtype_, {m.H, m.shared_I});
+  }
+  a.out = tmoe::tensor(place(b.host_out_, &b.out_), dtype_, {T, m.H});
+  a.stream = device_.stream();
+  return b;
+}
+
+tmoe_moe_args LayerInputs::Batch::host_args() const {
+  tmoe_moe_args h = args_;
+  h.x.data = const_cast<uint8_t*>(host_x_.data());
+  h.router_logits.data = const_cast<float*>(host_logits_.data());
+  h.w13.data = const_cast<uint8_t*>(layer_->host_w13_.data());
+  h.w2.data = const_cast<uint8_t*>(layer_->host_w2_.data());
+  if (layer_->model_.shared_I) {
+    h.shared_w13.data = const_cast<uint8_t*>(layer_->host_sw13_.data());
+    h.shared_w2.data = const_cast<uint8_t*>(layer_->host_sw2_.data());
+  }
+  return h;
+}
+
+const std::vector<uint8_t>& LayerInputs::Batch::fetch_out() {
+  if (!layer_->device_.is_host()) layer_->device_.download(host_out_.data(), out_.get(), host_out_.size());
+  return host_out_;
+}
+
+}  // namespace tmoe::cli

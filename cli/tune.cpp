@@ -1,0 +1,139 @@
+#include "tune.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <ctime>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <stdexcept>
+#include <tmoe/tmoe.h>
+
+#include "bench_device.hpp"
+#include "core/numeric.hpp"
+#include "gpu/gpu_backend.hpp"
+#include "layer_inputs.hpp"
+#include "reference/reference.hpp"
+
+namespace tmoe::cli {
+
+namespace {
+
+void check(const Status& s) {
+  if (!s.is_ok()) throw std::runtime_error(s.message());
+}
+
+// One line redrawn in place on stderr: where the sweep is and the best so far.
+void progress(const std::string& what, size_t done, size_t total, double best_ms, const std::string& best) {
+  constexpr int kWidth = 24;
+  const int filled = static_cast<int>(kWidth * done / std::max<size_t>(total, 1));
+  std::fprintf(stderr, "\r%-28s [%s%s] %3zu/%-3zu best %8.4f ms %-24s", what.c_str(), std::string(filled, '#').c_str(),
+               std::string(kWidth - filled, '.').c_str(), done, total, best_ms, best.c_str());
+  if (done == total) std::fprintf(stderr, "\n");
+  std::fflush(stderr);
+}
+
+std::string today() {
+  const std::time_t now = std::time(nullptr);
+  char text[16];
+  std::strftime(text, sizeof text, "%Y-%m-%d", std::gmtime(&now));
+  return text;
+}
+
+// Relative L2 error of the first rows of `out` against the float64 layer.
+double check_rows(const LayerInputs::Batch& batch, const std::vector<uint8_t>& out, tmoe_dtype dtype, int64_t T,
+                  int64_t H, int rows) {
+  std::vector<int64_t> which;
+  for (int64_t r = 0; r < std::min<int64_t>(T, rows); ++r) which.push_back(r * (T / std::min<int64_t>(T, rows)));
+  const std::vector<double> ref = reference::moe_layer(batch.host_args(), which);
+  std::vector<double> got;
+  for (int64_t r : which) {
+    for (int64_t h = 0; h < H; ++h) got.push_back(load_as_f32(out.data(), dtype, r * H + h));
+  }
+  return reference::relative_l2(ref, got);
+}
+
+}  // namespace
+
+int run_tune(const TuneOptions& opt) {
+  std::unique_ptr<gpu::TunableBackend> backend;
+  check(gpu::make_tunable_backend(opt.device, &backend));
+  std::unique_ptr<BenchDevice> dev = make_gpu_bench_device(opt.device);
+  const std::string out_file = opt.out.empty() ? "configs/" + gpu::device_slug(backend->device_model()) + ".json" : opt.out;
+  const tmoe_dtype dtype = TMOE_DTYPE_BF16;  // f16 runs the same tiles under the same names
+  std::printf("tmoe tune: %s (%s), %zu models x %zu token counts -> %s\n", backend->device_model().c_str(),
+              backend->target().c_str(), opt.models.size(), opt.tokens.size(), out_file.c_str());
+
+  nlohmann::json table;
+  table["format"] = 1;
+  table["device"] = backend->device_model();
+  table["target"] = backend->target();
+  table["triton_version"] = "3.6.0";
+  table["tuned"] = today();
+  table["command"] = opt.command;
+  table["dtype"] = "bf16";
+  table["timing"] = "median of CUDA-graph replays of the whole layer from router logits";
+  bool all_ok = true;
+  for (const ModelShape& m : opt.models) {
+    const LayerInputs inputs(*dev, m, dtype, opt.seed);
+    nlohmann::json shape = {{"name", m.name}, {"E", m.E}, {"H", m.H}, {"I", m.I}, {"k", m.k}};
+    std::printf("%s (H=%lld I=%lld E=%lld k=%lld)\n", m.name.c_str(), (long long)m.H, (long long)m.I, (long long)m.E,
+                (long long)m.k);
+    std::printf("%8s %11s %-22s %14s %-22s %8s %11s\n", "T", "best ms", "best", "heuristic ms", "heuristic", "speedup",
+                "rel L2 err");
+    for (int64_t T : opt.tokens) {
+      LayerInputs::Batch batch = inputs.batch(T);
+      MoeProblem problem;
+      check(validate_moe_args(batch.args(), &problem));
+      const ExecContext exec{dev->stream(), nullptr, 0, false};
+      const std::vector<gpu::KernelChoice> candidates = backend->candidates(problem);
+      const gpu::KernelChoice heuristic = backend->heuristic_choice(problem);
+      auto time_choice = [&](const gpu::KernelChoice& c) {
+        check(backend->forward_with(problem, exec, c));  // outside the graph: grows the workspace
+        const double first = dev->median_ms([&] { check(backend->forward_with(problem, exec, c)); }, 0, 1);
+        const int reps = static_cast<int>(std::clamp(100.0 / std::max(first, 1e-3), 5.0, 50.0));
+        return dev->median_ms([&] { check(backend->forward_with(problem, exec, c)); }, 2, reps);
+      };
+      const std::string what = m.name + " T=" + std::to_string(T);
+      double best_ms = INFINITY, heuristic_ms = NAN;
+      gpu::KernelChoice best;
+      for (size_t i = 0; i < candidates.size(); ++i) {
+        const double ms = time_choice(candidates[i]);
+        if (candidates[i] == heuristic) heuristic_ms = ms;
+        if (ms < best_ms) {
+          best_ms = ms;
+          best = candidates[i];
+        }
+        progress(what, i + 1, candidates.size(), best_ms, best.describe());
+      }
+      if (std::isnan(heuristic_ms)) heuristic_ms = time_choice(heuristic);
+      // The winner's output, checked: a fast wrong kernel must not enter a table.
+      check(backend->forward_with(problem, exec, best));
+      const double err = check_rows(batch, batch.fetch_out(), dtype, T, m.H, opt.check_rows);
+      const bool ok = err <= 1e-2;  // bf16 bound of the test suites
+      all_ok = all_ok && ok;
+      std::printf("%8lld %11.4f %-22s %14.4f %-22s %7.2fx %11.2e%s\n", (long long)T, best_ms, best.describe().c_str(),
+                  heuristic_ms, heuristic.describe().c_str(), heuristic_ms / best_ms, err, ok ? "" : "  ERROR ABOVE BOUND");
+      std::fflush(stdout);
+      nlohmann::json bucket = gpu::choice_to_json(best);
+      bucket["max_tokens"] = T;
+      bucket["ms"] = best_ms;
+      bucket["heuristic_ms"] = heuristic_ms;
+      bucket["candidates"] = candidates.size();
+      shape["buckets"].push_back(bucket);
+    }
+    table["shapes"].push_back(shape);
+  }
+  if (!all_ok) {
+    std::printf("FAILED: a winner's error exceeds its bound; %s not written\n", out_file.c_str());
+    return 1;
+  }
+  std::ofstream f(out_file);
+  if (!f) throw std::runtime_error("--out: cannot write " + out_file);
+  f << table.dump(1) << "\n";
+  std::printf("wrote %s\n", out_file.c_str());
+  return 0;
+}
+
+}  // namespace tmoe::cli

@@ -1,0 +1,82 @@
+// Which GEMM kernels and tiles run a forward: a tuned table (configs/<device>.json,
+// written by `tmoe tune` on that device and embedded in the library) answers for
+// the expert shapes it holds; a heuristic answers for the rest.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <nlohmann/json_fwd.hpp>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/status.hpp"
+
+namespace tmoe::gpu {
+
+enum class GemmPath {
+  sorted,  // align (sort slots by expert), grouped GEMMs, combine: any T
+  decode,  // per-slot GEMVs, combine fused into down: few slots whose experts rarely repeat
+};
+
+struct KernelChoice {
+  GemmPath path = GemmPath::sorted;
+  int block_m = 0;       // sorted path: the GEMMs' and the alignment's row block
+  int gate_up_tile = 0;  // the "t<i>" of the gate_up variant (tools/aot/variants.py)
+  int down_tile = 0;     // the "t<i>" of the down variant
+
+  bool operator==(const KernelChoice&) const = default;
+  // "sorted m64 t1/t0", "decode t1/t2".
+  std::string describe() const;
+};
+
+// A bucket's choice fields, as TuningTable::parse reads them (for `tmoe tune`).
+nlohmann::json choice_to_json(const KernelChoice& choice);
+
+// The expert shape a table is keyed by (dtype and the shared expert are not part of it).
+struct ExpertShape {
+  int64_t E = 0, H = 0, I = 0, k = 0;
+  bool operator==(const ExpertShape&) const = default;
+};
+
+// One device's tuned choices: for each expert shape, T buckets in increasing
+// order, each serving the tokens up to its max_tokens (the last also serves more).
+class TuningTable {
+ public:
+  struct Bucket {
+    int64_t max_tokens = 0;
+    KernelChoice choice;
+  };
+  struct Entry {
+    ExpertShape shape;
+    std::vector<Bucket> buckets;
+  };
+
+  // The format is that of configs/*.json (docs/tuning.md); `origin` names the text in errors.
+  static Status parse(std::string_view json_text, const std::string& origin, TuningTable* table);
+
+  const std::string& device() const { return device_; }
+  const std::string& target() const { return target_; }
+  const std::string& origin() const { return origin_; }
+  const std::vector<Entry>& entries() const { return entries_; }
+  // The choice for T tokens of `shape`; nullptr when the table lacks the shape.
+  const KernelChoice* find(const ExpertShape& shape, int64_t T) const;
+
+ private:
+  std::string device_, target_, origin_;
+  std::vector<Entry> entries_;
+};
+
+// The tables compiled into this library (configs/*.json other than models.json).
+Status embedded_tuning_tables(const std::vector<TuningTable>** tables);
+
+// The table for a device: the file named by TMOE_TUNING_TABLE when that is set
+// (an unreadable file or another device's table is an error), else the embedded
+// table of this device name and target, else null (the heuristic serves).
+Status tuning_table_for(const std::string& device_name, const std::string& target,
+                        std::shared_ptr<const TuningTable>* table);
+
+// "NVIDIA H100 80GB HBM3" -> "nvidia-h100-80gb-hbm3": the file name of its table.
+std::string device_slug(std::string_view device_name);
+
+}  // namespace tmoe::gpu

@@ -1,0 +1,168 @@
+// Tuned tables (configs/<device>.json, docs/tuning.md): parsing, bucket lookup,
+// the errors a damaged table gets, TMOE_TUNING_TABLE, and the tables embedded in
+// this build: each parses and names only variants its target's bundle holds.
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "fake_driver/fake_test_support.hpp"
+#include "gpu/bundle.hpp"
+#include "gpu/tuning.hpp"
+
+namespace tmoe::gpu {
+namespace {
+
+using testing::ScopedEnv;
+
+const char* kTable = R"({"format": 1, "device": "Some GPU", "target": "cuda:90",
+  "shapes": [{"name": "m", "E": 8, "H": 256, "I": 128, "k": 2, "buckets": [
+    {"max_tokens": 1, "path": "decode", "gate_up_tile": 1, "down_tile": 2},
+    {"max_tokens": 16, "path": "sorted", "block_m": 16, "gate_up_tile": 0, "down_tile": 1},
+    {"max_tokens": 512, "path": "sorted", "block_m": 64, "gate_up_tile": 2, "down_tile": 0}]}]})";
+
+TEST(TuningTableTest, BucketsServeTheTokensUpToTheirBoundAndTheLastServesMore) {
+  TuningTable table;
+  const Status s = TuningTable::parse(kTable, "test", &table);
+  ASSERT_TRUE(s.is_ok()) << s.message();
+  EXPECT_EQ(table.device(), "Some GPU");
+  EXPECT_EQ(table.target(), "cuda:90");
+  const ExpertShape shape{8, 256, 128, 2};
+  const KernelChoice decode{GemmPath::decode, 0, 1, 2};
+  const KernelChoice small{GemmPath::sorted, 16, 0, 1};
+  const KernelChoice large{GemmPath::sorted, 64, 2, 0};
+  ASSERT_NE(table.find(shape, 1), nullptr);
+  EXPECT_EQ(*table.find(shape, 1), decode);
+  EXPECT_EQ(*table.find(shape, 2), small);
+  EXPECT_EQ(*table.find(shape, 16), small);
+  EXPECT_EQ(*table.find(shape, 17), large);
+  EXPECT_EQ(*table.find(shape, 100000), large);
+  EXPECT_EQ(table.find({8, 256, 128, 3}, 1), nullptr) << "another k is another shape";
+  EXPECT_EQ(table.find({16, 256, 128, 2}, 1), nullptr);
+  EXPECT_EQ(decode.describe(), "decode t1/t2");
+  EXPECT_EQ(large.describe(), "sorted m64 t2/t0");
+}
+
+TEST(TuningTableTest, ChoicesRoundTripThroughTheirJson) {
+  for (const KernelChoice& c : {KernelChoice{GemmPath::decode, 0, 1, 2}, KernelChoice{GemmPath::sorted, 128, 2, 1}}) {
+    nlohmann::json bucket = choice_to_json(c);
+    bucket["max_tokens"] = 4;
+    const nlohmann::json doc = {{"format", 1}, {"device", "d"}, {"target", "cuda:80"},
+                                {"shapes", {{{"E", 1}, {"H", 16}, {"I", 16}, {"k", 1}, {"buckets", {bucket}}}}}};
+    TuningTable table;
+    const Status s = TuningTable::parse(doc.dump(), "round trip", &table);
+    ASSERT_TRUE(s.is_ok()) << s.message();
+    EXPECT_EQ(*table.find({1, 16, 16, 1}, 4), c);
+  }
+}
+
+TEST(TuningTableTest, DamagedTablesAreRejectedNamingTheProblem) {
+  struct Damage {
+    std::string from, to, message;
+  };
+  const Damage damages[] = {
+      {"\"format\": 1", "\"format\": 2", "expected \"format\": 1"},
+      {"\"device\": \"Some GPU\",", "", "expected a string \"device\""},
+      {"\"path\": \"decode\"", "\"path\": \"fast\"", "\"path\" must be \"sorted\" or \"decode\", got \"fast\""},
+      {"\"block_m\": 16,", "", "expected a positive integer \"block_m\""},
+      {"\"gate_up_tile\": 1", "\"gate_up_tile\": -1", "expected a non-negative integer \"gate_up_tile\""},
+      {"\"max_tokens\": 16", "\"max_tokens\": 1", "buckets must be in increasing max_tokens"},
+      {"\"E\": 8", "\"E\": 0", "shape m: expected a positive integer \"E\""},
+      {"{\"max_tokens\": 1,", "{", "expected a positive integer \"max_tokens\""},
+      {"\"format\"", "\"format", "tuning table"},  // not JSON
+  };
+  for (const Damage& d : damages) {
+    SCOPED_TRACE(d.to);
+    std::string text = kTable;
+    const size_t at = text.find(d.from);
+    ASSERT_NE(at, std::string::npos);
+    text.replace(at, d.from.size(), d.to);
+    TuningTable table;
+    const Status s = TuningTable::parse(text, "damaged.json", &table);
+    EXPECT_EQ(s.code(), TMOE_ERROR_INVALID_ARGUMENT);
+    EXPECT_NE(s.message().find(d.message), std::string::npos) << s.message();
+    EXPECT_NE(s.message().find("damaged.json"), std::string::npos) << s.message();
+  }
+  nlohmann::json twice = nlohmann::json::parse(kTable);
+  twice["shapes"].push_back(twice["shapes"][0]);
+  TuningTable table;
+  const Status s = TuningTable::parse(twice.dump(), "twice", &table);
+  EXPECT_NE(s.message().find("the shape appears twice"), std::string::npos) << s.message();
+}
+
+TEST(TuningTableTest, EnvironmentTableMustBeReadableAndOfThisDevice) {
+  const std::string path = ::testing::TempDir() + "/tmoe_tuning_test.json";
+  std::ofstream(path) << kTable;
+  ScopedEnv env;
+  env.set("TMOE_TUNING_TABLE", path);
+  std::shared_ptr<const TuningTable> table;
+  Status s = tuning_table_for("Some GPU", "cuda:90", &table);
+  ASSERT_TRUE(s.is_ok()) << s.message();
+  ASSERT_NE(table, nullptr);
+  EXPECT_EQ(table->origin(), path);
+
+  s = tuning_table_for("Other GPU", "cuda:90", &table);
+  EXPECT_EQ(s.code(), TMOE_ERROR_INVALID_ARGUMENT);
+  EXPECT_NE(s.message().find("was tuned on Some GPU (cuda:90), this device is Other GPU (cuda:90)"), std::string::npos)
+      << s.message();
+
+  env.set("TMOE_TUNING_TABLE", path + ".missing");
+  s = tuning_table_for("Some GPU", "cuda:90", &table);
+  EXPECT_NE(s.message().find("TMOE_TUNING_TABLE: cannot read"), std::string::npos) << s.message();
+  std::remove(path.c_str());
+
+  env.unset("TMOE_TUNING_TABLE");
+  s = tuning_table_for("A GPU no table was made for", "cuda:90", &table);
+  ASSERT_TRUE(s.is_ok()) << s.message();
+  EXPECT_EQ(table, nullptr) << "an untuned device gets the heuristic";
+}
+
+TEST(TuningTableTest, DeviceSlugsNameTheTableFiles) {
+  EXPECT_EQ(device_slug("NVIDIA H100 80GB HBM3"), "nvidia-h100-80gb-hbm3");
+  EXPECT_EQ(device_slug("  AMD Instinct MI300X "), "amd-instinct-mi300x");
+  EXPECT_EQ(device_slug("NVIDIA H200"), "nvidia-h200");
+}
+
+// Every embedded table parses, is named after its device, and names only
+// variants (docs/kernels.md's names) that the bundle holds for its target.
+TEST(TuningTableTest, EmbeddedTablesNameOnlyCompiledVariants) {
+  const std::vector<TuningTable>* tables = nullptr;
+  const Status s = embedded_tuning_tables(&tables);
+  ASSERT_TRUE(s.is_ok()) << s.message();
+  const Bundle* bundle = nullptr;
+  ASSERT_TRUE(embedded_bundle(&bundle).is_ok());
+  for (const TuningTable& table : *tables) {
+    SCOPED_TRACE(table.origin());
+    EXPECT_EQ(table.origin(), "configs/" + device_slug(table.device()) + ".json");
+    if (!bundle->built_with_kernels()) continue;  // nothing to look the names up in
+    auto expect_variant = [&](const std::string& kernel, const std::string& variant) {
+      EXPECT_EQ(bundle->find(kernel, table.target(), [&](const KernelEntry& e) { return e.variant == variant; }).size(),
+                1u)
+          << kernel << "/" << variant << " for " << table.target();
+    };
+    for (const TuningTable::Entry& entry : table.entries()) {
+      for (const TuningTable::Bucket& b : entry.buckets) {
+        const KernelChoice& c = b.choice;
+        const std::string g = "_t" + std::to_string(c.gate_up_tile), d = "_t" + std::to_string(c.down_tile);
+        for (const std::string act : {"bf16", "f16"}) {
+          if (c.path == GemmPath::decode) {
+            expect_variant("decode_gate_up_swiglu", act + "_routed" + g);
+            expect_variant("decode_gate_up_swiglu", act + "_dense" + g);
+            expect_variant("decode_down_combine", act + "_routed" + d);
+            expect_variant("decode_down_combine", act + "_shared" + d);
+          } else {
+            const std::string m = "_m" + std::to_string(c.block_m);
+            expect_variant("gate_up_swiglu", act + "_routed" + m + g + "_div16");
+            expect_variant("down", act + "_routed" + m + d + "_div16");
+            expect_variant("down", act + "_routed_direct" + m + d + "_div16");
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace tmoe::gpu
