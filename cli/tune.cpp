@@ -75,6 +75,12 @@ int run_tune(const TuneOptions& opt) {
   table["dtype"] = "bf16";
   table["timing"] = "median of CUDA-graph replays of the whole layer from router logits";
   bool all_ok = true;
+  // Written after every model, so an interrupted sweep keeps what it measured.
+  auto write_table = [&] {
+    std::ofstream f(out_file);
+    if (!f) throw std::runtime_error("--out: cannot write " + out_file);
+    f << table.dump(1) << "\n";
+  };
   for (const ModelShape& m : opt.models) {
     const LayerInputs inputs(*dev, m, dtype, opt.seed);
     nlohmann::json shape = {{"name", m.name}, {"E", m.E}, {"H", m.H}, {"I", m.I}, {"k", m.k}};
@@ -123,15 +129,13 @@ int run_tune(const TuneOptions& opt) {
       bucket["candidates"] = candidates.size();
       shape["buckets"].push_back(bucket);
     }
+    if (!all_ok) {
+      std::printf("FAILED: a winner's error exceeds its bound; %s not written\n", out_file.c_str());
+      return 1;
+    }
     table["shapes"].push_back(shape);
+    write_table();
   }
-  if (!all_ok) {
-    std::printf("FAILED: a winner's error exceeds its bound; %s not written\n", out_file.c_str());
-    return 1;
-  }
-  std::ofstream f(out_file);
-  if (!f) throw std::runtime_error("--out: cannot write " + out_file);
-  f << table.dump(1) << "\n";
   std::printf("wrote %s\n", out_file.c_str());
   return 0;
 }

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # The whole GPU check in one device call (run from the repo root on the GPU
 # machine, after scripts/gpu-pack.sh here): card, the GoogleTest suites with the
-# GPU backend, compute-sanitizer memcheck on representative shapes, and
-# `tmoe bench --backend gpu` for each model in $MODELS. Logs go to ./gpu-check-out
-# and, packed as gpu-check-logs.tar.gz, to $OUT when the device tool sets it.
+# GPU backend, compute-sanitizer memcheck on representative shapes and on every
+# kernel choice, and `tmoe bench --backend gpu` for each model in $MODELS. With
+# TUNE=1, first `tmoe tune` for every preset (the table lands in the logs as
+# tuned-table.json and serves the benches through TMOE_TUNING_TABLE). SKIP names
+# steps to leave out (e.g. SKIP="tests memcheck python"). Logs go to
+# ./gpu-check-out and, packed as gpu-check-logs.tar.gz, to $OUT when the device
+# tool sets it.
 set -u
 bin=.gpu-build
 [ -f "$bin/bin.tar.xz" ] && tar -C "$bin" -xJf "$bin/bin.tar.xz"
@@ -13,15 +17,23 @@ status=0
 # step NAME CMD...: runs CMD with its output in $out/NAME.log, shows the end.
 step() {
   local name=$1; shift
+  case " ${SKIP:-} " in *" $name "*) echo "== $name: skipped"; return;; esac
   echo "== $name: $*"
   "$@" >"$out/$name.log" 2>&1
   local rc=$?
   tail -n "${TAIL:-25}" "$out/$name.log"
   if [ $rc -ne 0 ]; then echo "== $name FAILED (exit $rc)"; status=1; fi
+  # After every step: a call cut off at its time limit still brings back the logs so far.
+  [ -n "${OUT:-}" ] && tar -C "$out" -czf "$OUT/gpu-check-logs.tar.gz" .
 }
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/card.txt"
 step info "$bin/tmoe" info
+if [ "${TUNE:-0}" = 1 ]; then
+  step tune timeout "${TUNE_SECONDS:-420}" "$bin/tmoe" tune --tokens "${TUNE_TOKENS:-1,2,4,8,16,32,64,128,256,512,1024,2048,4096,8192}" \
+    --out "$out/tuned-table.json"
+  [ -f "$out/tuned-table.json" ] && export TMOE_TUNING_TABLE="$out/tuned-table.json"
+fi
 # The fake-driver suites load test doubles from the build tree; they run in CI.
 step tests "$bin/tmoe_tests" --gtest_brief=1 --gtest_filter="${TESTS:-*:-*GpuRuntimeTest*:GpuDriverSelectionTest*:*GpuForwardFakeTest*}"
 step memcheck compute-sanitizer --tool memcheck --error-exitcode 9 "$bin/tmoe_tests" --gtest_brief=1 \
@@ -37,5 +49,4 @@ for model in $(echo "${MODELS:-mixtral-8x7b}" | tr , ' '); do
   step "bench-$model" "$bin/tmoe" bench --backend gpu --model "$model" \
     --tokens "${TOKENS:-1,16,64,256,512,2048}" --check-rows "${CHECK_ROWS:-8}" --json "$out/bench-$model.json"
 done
-[ -n "${OUT:-}" ] && tar -C "$out" -czf "$OUT/gpu-check-logs.tar.gz" .
 exit $status

@@ -40,6 +40,7 @@ const char* dtype_key(tmoe_dtype dtype) {
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 constexpr int kFallbackBlockM = 32;  // the unhinted ("any") GEMM variants' row block
+constexpr int64_t kDecodeMaxTokens = 16;  // the decode path's candidates stop here
 
 // The heuristic's GEMM row block for `rows` rows per expert (untuned shapes):
 // small blocks waste no padding at decode, large ones reuse each weight tile
@@ -140,7 +141,9 @@ class GpuBackend final : public gpu::TunableBackend {
     const Hints hints = hints_of(p);
     std::vector<gpu::KernelChoice> all;
     const std::string act = dtype_key(p.dtype);
-    if (hints.decode()) {
+    // The decode path reads a whole expert per slot: beyond a few tokens it
+    // re-reads each expert many times (mixtral at T = 8192: seconds per layer).
+    if (hints.decode() && p.T <= kDecodeMaxTokens && p.T * p.k <= 2 * p.E) {
       const std::string down_mode = p.has_shared_expert() ? "_shared" : "_routed";
       for (int g : tiles("decode_gate_up_swiglu", act + "_routed", "")) {
         for (int d : tiles("decode_down_combine", act + down_mode, "")) all.push_back({gpu::GemmPath::decode, 0, g, d});

@@ -64,14 +64,14 @@ DOWN_TILES = {
 FALLBACK_BLOCK_M = 32
 FALLBACK_TILE = {"cuda": (64, 64, 4, 3), "hip": (64, 64, 4, 2)}
 
-# The decode path's GEMV tiles, widest first: backend -> (BLOCK_N, BLOCK_K, num_warps).
-# The heuristic takes the widest that still launches two programs per SM.
-DECODE_GATE_UP_TILES = ({"cuda": (32, 256, 8), "hip": (32, 256, 8)},
-                        {"cuda": (16, 256, 4), "hip": (16, 256, 4)})
-DECODE_DOWN_TILES = ({"cuda": (16, 256, 4), "hip": (16, 256, 4)},
-                     {"cuda": (8, 256, 4), "hip": (8, 256, 4)},
-                     {"cuda": (4, 512, 4), "hip": (4, 512, 4)})
-DECODE_STAGES = 3
+# The decode path's tiles, widest first: backend -> (BLOCK_N, BLOCK_K, num_warps,
+# num_stages). BLOCK_N >= 16 (a tensor-core tile). The heuristic takes the widest
+# that still launches two programs per SM.
+DECODE_GATE_UP_TILES = ({"cuda": (32, 128, 4, 4), "hip": (32, 128, 4, 2)},
+                        {"cuda": (16, 256, 4, 4), "hip": (16, 256, 4, 2)})
+DECODE_DOWN_TILES = ({"cuda": (64, 128, 4, 4), "hip": (64, 128, 4, 2)},
+                     {"cuda": (32, 128, 4, 4), "hip": (32, 128, 4, 2)},
+                     {"cuda": (16, 256, 4, 4), "hip": (16, 256, 4, 2)})
 
 
 @dataclass(frozen=True)
@@ -165,8 +165,8 @@ def combine_variants():
 
 
 def decode_configs(per_backend, constexprs):
-    return {backend: Config(dict(constexprs, BLOCK_N=n, BLOCK_K=k), warps, DECODE_STAGES)
-            for backend, (n, k, warps) in per_backend.items()}
+    return {backend: Config(dict(constexprs, BLOCK_N=n, BLOCK_K=k), warps, stages)
+            for backend, (n, k, warps, stages) in per_backend.items()}
 
 
 def decode_variants():
