@@ -305,20 +305,30 @@ class GpuForwardFakeTest : public ::testing::TestWithParam<Api> {
 
     // An untuned device runs one token on the decode path when every hint holds.
     if (c.T == 1 && hinted && shared_hinted) {
-      // The widest tile with rows * cdiv(N, BLOCK_N) >= 2 * SMs, else the last (narrowest).
+      // The widest BLOCK_N with rows * cdiv(N, BLOCK_N) >= 2 * SMs, else the narrowest;
+      // the lowest t<i> among equals.
       const int64_t sms = cuda() ? 132 : 304;  // what the fake drivers report
       auto widest = [&](const std::string& kernel, const std::string& prefix, int64_t rows, int64_t N) {
-        const KernelEntry* chosen = nullptr;
+        std::vector<const KernelEntry*> tiles;
         for (int t = 0;; ++t) {
           auto found = bundle_->find(kernel, target(), [&](const KernelEntry& e) {
             return e.variant == prefix + "_t" + std::to_string(t);
           });
           if (found.empty()) break;
-          chosen = found.front();
-          if (rows * cdiv(N, constexpr_of(chosen, "BLOCK_N")) >= 2 * sms) break;
+          tiles.push_back(found.front());
         }
-        EXPECT_NE(chosen, nullptr) << "no " << kernel << " variant " << prefix << "_t0";
-        return chosen;
+        EXPECT_FALSE(tiles.empty()) << "no " << kernel << " variant " << prefix << "_t0";
+        const KernelEntry* filling = nullptr;
+        const KernelEntry* narrowest = nullptr;
+        for (const KernelEntry* e : tiles) {
+          const int64_t n = constexpr_of(e, "BLOCK_N");
+          if (rows * cdiv(N, n) >= 2 * sms) {
+            if (filling == nullptr || n > constexpr_of(filling, "BLOCK_N")) filling = e;
+          } else if (narrowest == nullptr || n < constexpr_of(narrowest, "BLOCK_N")) {
+            narrowest = e;
+          }
+        }
+        return filling != nullptr ? filling : narrowest;
       };
       const KernelEntry* gate_up = widest("decode_gate_up_swiglu", act + "_routed", c.k, c.I);
       const KernelEntry* down = widest("decode_down_combine", act + (c.Is > 0 ? "_shared" : "_routed"), 1, c.H);

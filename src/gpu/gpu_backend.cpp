@@ -262,15 +262,25 @@ class GpuBackend final : public gpu::TunableBackend {
     return {gpu::GemmPath::sorted, gemm_block_m(S / std::max<int64_t>(1, std::min(p.E, S))), 0, 0};
   }
 
-  // The widest decode tile that still gives every SM two programs (rows * N / BLOCK_N
-  // programs), else the narrowest: a GEMV is bound by how many SMs stream weights.
+  // The widest decode tile (BLOCK_N) that still gives every SM two programs (rows *
+  // N / BLOCK_N programs), else the narrowest; the lowest index among equals. A
+  // GEMV is bound by how many SMs stream weights.
   int widest_decode_tile(const std::string& kernel, const std::string& prefix, int64_t rows, int64_t N) const {
     int chosen = 0;
+    int64_t chosen_n = 0;
+    bool chosen_fills = false;
     for (int i : tiles(kernel, prefix, "")) {
       const KernelEntry* e = nullptr;
       if (!select(kernel, prefix + tile(i), &e).is_ok()) break;
-      chosen = i;
-      if (rows * cdiv(N, e->constexpr_or("BLOCK_N", 1)) >= 2 * device_->multiprocessor_count()) break;
+      const int64_t n = e->constexpr_or("BLOCK_N", 1);
+      const bool fills = rows * cdiv(N, n) >= 2 * device_->multiprocessor_count();
+      const bool better = chosen_n == 0 || (fills && (!chosen_fills || n > chosen_n)) ||
+                          (!fills && !chosen_fills && n < chosen_n);
+      if (better) {
+        chosen = i;
+        chosen_n = n;
+        chosen_fills = fills;
+      }
     }
     return chosen;
   }

@@ -64,14 +64,20 @@ DOWN_TILES = {
 FALLBACK_BLOCK_M = 32
 FALLBACK_TILE = {"cuda": (64, 64, 4, 3), "hip": (64, 64, 4, 2)}
 
-# The decode path's tiles, widest first: backend -> (BLOCK_N, BLOCK_K, num_warps,
-# num_stages). BLOCK_N >= 16 (a tensor-core tile). The heuristic takes the widest
-# that still launches two programs per SM.
+# The decode path's tiles: backend -> (BLOCK_N, BLOCK_K, num_warps, num_stages).
+# BLOCK_N >= 16 (a tensor-core tile). The heuristic takes the widest BLOCK_N that
+# still launches two programs per SM, else the narrowest (lowest index among equals).
+# Beyond the first two per kernel: deeper pipelines with shorter K steps and two-warp
+# programs (more programs per SM), for `tmoe tune` to weigh on small experts.
 DECODE_GATE_UP_TILES = ({"cuda": (32, 128, 4, 4), "hip": (32, 128, 4, 2)},
-                        {"cuda": (16, 256, 4, 4), "hip": (16, 256, 4, 2)})
+                        {"cuda": (16, 256, 4, 4), "hip": (16, 256, 4, 2)},
+                        {"cuda": (32, 64, 4, 6), "hip": (32, 64, 4, 2)},
+                        {"cuda": (16, 128, 2, 6), "hip": (16, 128, 2, 2)})
 DECODE_DOWN_TILES = ({"cuda": (64, 128, 4, 4), "hip": (64, 128, 4, 2)},
                      {"cuda": (32, 128, 4, 4), "hip": (32, 128, 4, 2)},
-                     {"cuda": (16, 256, 4, 4), "hip": (16, 256, 4, 2)})
+                     {"cuda": (16, 256, 4, 4), "hip": (16, 256, 4, 2)},
+                     {"cuda": (32, 64, 4, 6), "hip": (32, 64, 4, 2)},
+                     {"cuda": (16, 128, 2, 6), "hip": (16, 128, 2, 2)})
 
 
 @dataclass(frozen=True)
