@@ -73,11 +73,13 @@ DECODE_GATE_UP_TILES = ({"cuda": (32, 128, 4, 4), "hip": (32, 128, 4, 2)},
                         {"cuda": (16, 256, 4, 4), "hip": (16, 256, 4, 2)},
                         {"cuda": (32, 64, 4, 6), "hip": (32, 64, 4, 2)},
                         {"cuda": (16, 128, 2, 6), "hip": (16, 128, 2, 2)})
-DECODE_DOWN_TILES = ({"cuda": (64, 128, 4, 4), "hip": (64, 128, 4, 2)},
-                     {"cuda": (32, 128, 4, 4), "hip": (32, 128, 4, 2)},
-                     {"cuda": (16, 256, 4, 4), "hip": (16, 256, 4, 2)},
-                     {"cuda": (32, 64, 4, 6), "hip": (32, 64, 4, 2)},
-                     {"cuda": (16, 128, 2, 6), "hip": (16, 128, 2, 2)})
+# decode_down_combine's tiles also say how many experts share one K loop (the last
+# field before the warps): backend -> (BLOCK_N, BLOCK_K, EXPERTS_PER_PASS, warps, stages).
+DECODE_DOWN_TILES = ({"cuda": (64, 128, 1, 4, 4), "hip": (64, 128, 1, 4, 2)},
+                     {"cuda": (32, 128, 2, 4, 4), "hip": (32, 128, 2, 4, 2)},
+                     {"cuda": (16, 128, 4, 4, 4), "hip": (16, 128, 4, 4, 2)},
+                     {"cuda": (16, 64, 8, 4, 4), "hip": (16, 64, 8, 4, 2)},
+                     {"cuda": (32, 64, 4, 4, 4), "hip": (32, 64, 4, 4, 2)})
 
 
 @dataclass(frozen=True)
@@ -175,6 +177,11 @@ def decode_configs(per_backend, constexprs):
             for backend, (n, k, warps, stages) in per_backend.items()}
 
 
+def decode_down_configs(per_backend, constexprs):
+    return {backend: Config(dict(constexprs, BLOCK_N=n, BLOCK_K=k, EXPERTS_PER_PASS=u), warps, stages)
+            for backend, (n, k, u, warps, stages) in per_backend.items()}
+
+
 def decode_variants():
     """Only hinted (div16) variants: an odd shape or unaligned pointer takes the sorted path."""
     for dtype in ACTIVATION_DTYPES:
@@ -189,7 +196,7 @@ def decode_variants():
         for mode, shared in (("routed", False), ("shared", True)):
             for index, per_backend in enumerate(DECODE_DOWN_TILES):
                 yield Variant("decode_down_combine", "decode", f"{dtype}_{mode}_t{index}", dtype, types,
-                              decode_configs(per_backend, dict(HAS_SHARED=shared)),
+                              decode_down_configs(per_backend, dict(HAS_SHARED=shared)),
                               ("h", "w2", "out", "h_shared", "shared_w2", "H", "I", "shared_I"))
 
 
