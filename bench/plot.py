@@ -209,12 +209,13 @@ def section(data, d):
     return "\n".join(lines) + "\n"
 
 
-def update_docs(text, path):
+def update_docs(text, path, begin=BEGIN, end=END):
+    """Replaces the text from `begin` to `end` in the file at path (appends it the first time)."""
     with open(path) as f:
         doc = f.read()
-    if BEGIN in doc and END in doc:
-        head = doc[:doc.index(BEGIN)]
-        tail = doc[doc.index(END) + len(END):].lstrip("\n")
+    if begin in doc and end in doc:
+        head = doc[:doc.index(begin)]
+        tail = doc[doc.index(end) + len(end):].lstrip("\n")
         doc = head + text + ("\n" + tail if tail else "")
     else:
         doc = doc.rstrip("\n") + "\n\n" + text
