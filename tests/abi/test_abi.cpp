@@ -234,6 +234,40 @@ TEST(CAbi, LastErrorNamesTheArgumentPerThread) {
   tmoe_context_destroy(ctx);
 }
 
+// tmoe_moe_plan: what a forward would run, without running it; bad arguments named.
+TEST(CAbi, PlanSaysWhatRunsAndChecksItsArguments) {
+  SmallProblem problem(TMOE_DTYPE_F32);
+  std::vector<float> out(SmallProblem::T * SmallProblem::H, 7.0f);
+  const tmoe_moe_args args = problem.args(out.data(), true);
+  tmoe_context ctx = nullptr;
+  ASSERT_EQ(tmoe_context_create(TMOE_BACKEND_CPU, 0, &ctx), TMOE_SUCCESS);
+  int32_t launches = -1;
+  char text[256];
+  ASSERT_EQ(tmoe_moe_plan(ctx, &args, &launches, text, sizeof text), TMOE_SUCCESS) << tmoe_last_error();
+  EXPECT_EQ(launches, 0) << "the CPU launches no kernels";
+  EXPECT_EQ(std::string(text).rfind("cpu: ", 0), 0u) << text;
+  EXPECT_TRUE(std::all_of(out.begin(), out.end(), [](float v) { return v == 7.0f; })) << "a plan ran the layer";
+
+  char cut[8];
+  ASSERT_EQ(tmoe_moe_plan(ctx, &args, &launches, cut, sizeof cut), TMOE_SUCCESS);
+  EXPECT_EQ(std::string(cut), std::string(text).substr(0, sizeof cut - 1)) << "cut and NUL-terminated";
+  EXPECT_EQ(tmoe_moe_plan(ctx, &args, &launches, nullptr, 0), TMOE_SUCCESS) << "the description is optional";
+
+  EXPECT_EQ(tmoe_moe_plan(ctx, &args, nullptr, text, sizeof text), TMOE_ERROR_INVALID_ARGUMENT);
+  EXPECT_EQ(std::string(tmoe_last_error()).rfind("launches:", 0), 0u) << tmoe_last_error();
+  EXPECT_EQ(tmoe_moe_plan(ctx, &args, &launches, text, 0), TMOE_ERROR_INVALID_ARGUMENT);
+  EXPECT_EQ(std::string(tmoe_last_error()).rfind("description_bytes:", 0), 0u) << tmoe_last_error();
+  tmoe_moe_args bad = args;
+  bad.x = tmoe::tensor(problem.x.data(), TMOE_DTYPE_F32, {SmallProblem::T, SmallProblem::H + 1});
+  EXPECT_EQ(tmoe_moe_plan(ctx, &bad, &launches, text, sizeof text), TMOE_ERROR_INVALID_ARGUMENT);
+  tmoe_context_destroy(ctx);
+
+  tmoe::Context cpp(TMOE_BACKEND_CPU);
+  const tmoe::Context::Plan plan = cpp.plan(args);
+  EXPECT_EQ(plan.launches, 0);
+  EXPECT_EQ(plan.description, text);
+}
+
 TEST(CppWrapper, ContextForwardAndErrors) {
   EXPECT_EQ(tmoe::device_count(TMOE_BACKEND_CPU), 1);
   tmoe::Context ctx(TMOE_BACKEND_CPU);
