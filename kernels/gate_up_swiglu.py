@@ -3,6 +3,8 @@
 Each program gathers the token rows of its BLOCK_M block of slots (token = slot //
 top_k), streams the gate rows n and the up rows I + n of w13[expert] through two
 f32 accumulators and writes only h: the [slots, 2I] intermediate never exists.
+With JOINED the gate and up tiles form one [BLOCK_K, 2*BLOCK_N] operand of a single
+dot (on Hopper one m64n256 wgmma instead of two m64n128), split after the loop.
 h is indexed by padded position (its rows line up with the down GEMM's blocks).
 """
 import triton
@@ -13,7 +15,7 @@ from kernels.grouped_gemm import tile_coords, tile_expert, tile_slots
 
 @triton.jit
 def gate_up_swiglu(x, w13, h, sorted_slots, block_expert, num_slots, top_k, H, I, ROUTED: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, JOINED: tl.constexpr):
     pid_m, pid_n = tile_coords(I, BLOCK_N)
     expert = tile_expert(block_expert, pid_m, ROUTED)
     if expert < 0:
@@ -26,16 +28,33 @@ def gate_up_swiglu(x, w13, h, sorted_slots, block_expert, num_slots, top_k, H, I
     x_tile = x + tokens.to(tl.int64)[:, None] * H + ks[None, :]
     gate_tile = w13 + expert.to(tl.int64) * 2 * I * H + cols.to(tl.int64)[None, :] * H + ks[:, None]
     up_offset = I.to(tl.int64) * H
-    acc_gate = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-    acc_up = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-    for k0 in range(0, H, BLOCK_K):
-        k_ok = ks < H - k0
-        a = tl.load(x_tile, mask=has_slot[:, None] & k_ok[None, :], other=0.0)
-        w_mask = k_ok[:, None] & col_ok[None, :]
-        acc_gate = tl.dot(a, tl.load(gate_tile, mask=w_mask, other=0.0), acc_gate)
-        acc_up = tl.dot(a, tl.load(gate_tile + up_offset, mask=w_mask, other=0.0), acc_up)
-        x_tile += BLOCK_K
-        gate_tile += BLOCK_K
+    if JOINED:
+        # Columns 0..BLOCK_N-1 of one operand are the gate rows, the next BLOCK_N the up rows.
+        halves = tl.arange(0, 2 * BLOCK_N)
+        is_up = halves >= BLOCK_N
+        joined_cols = pid_n * BLOCK_N + tl.where(is_up, halves - BLOCK_N, halves)
+        joined_tile = (w13 + expert.to(tl.int64) * 2 * I * H + joined_cols.to(tl.int64)[None, :] * H +
+                       tl.where(is_up, I.to(tl.int64) * H, 0)[None, :] + ks[:, None])
+        acc = tl.zeros([BLOCK_M, 2 * BLOCK_N], tl.float32)
+        for k0 in range(0, H, BLOCK_K):
+            k_ok = ks < H - k0
+            a = tl.load(x_tile, mask=has_slot[:, None] & k_ok[None, :], other=0.0)
+            w = tl.load(joined_tile, mask=k_ok[:, None] & (joined_cols < I)[None, :], other=0.0)
+            acc = tl.dot(a, w, acc)
+            x_tile += BLOCK_K
+            joined_tile += BLOCK_K
+        acc_gate, acc_up = tl.split(tl.permute(tl.reshape(acc, [BLOCK_M, 2, BLOCK_N]), [0, 2, 1]))
+    else:
+        acc_gate = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+        acc_up = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+        for k0 in range(0, H, BLOCK_K):
+            k_ok = ks < H - k0
+            a = tl.load(x_tile, mask=has_slot[:, None] & k_ok[None, :], other=0.0)
+            w_mask = k_ok[:, None] & col_ok[None, :]
+            acc_gate = tl.dot(a, tl.load(gate_tile, mask=w_mask, other=0.0), acc_gate)
+            acc_up = tl.dot(a, tl.load(gate_tile + up_offset, mask=w_mask, other=0.0), acc_up)
+            x_tile += BLOCK_K
+            gate_tile += BLOCK_K
     out = acc_gate * tl.sigmoid(acc_gate) * acc_up
     h_tile = h + rows.to(tl.int64)[:, None] * I + cols[None, :]
     tl.store(h_tile, out.to(h.dtype.element_ty), mask=has_slot[:, None] & col_ok[None, :])

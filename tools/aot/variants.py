@@ -32,7 +32,11 @@ class Config:
     num_stages: int
 
 
-# BLOCK_M -> tiles, each backend -> (BLOCK_N, BLOCK_K, num_warps, num_stages). A tile's
+# gate_up's gate and up tiles as one [BLOCK_K, 2*BLOCK_N] operand of a single dot (one
+# wgmma of N = 256 instead of two of 128 on Hopper), split after the loop.
+JOINED = dict(JOINED=True)
+
+# BLOCK_M -> tiles, each backend -> (BLOCK_N, BLOCK_K, num_warps, num_stages[, constexprs]). A tile's
 # index is its name ("t0", "t1", ...): `tmoe tune` times them and configs/<device>.json
 # records the winner; the heuristic for untuned devices takes t0. gate_up and down pair
 # by BLOCK_M (one alignment serves both GEMMs) and choose their tiles independently.
@@ -45,10 +49,12 @@ GATE_UP_TILES = {
          {"cuda": (128, 64, 4, 4), "hip": (128, 64, 4, 2)}),
     64: ({"cuda": (64, 64, 4, 3), "hip": (64, 64, 4, 2)},
          {"cuda": (128, 64, 4, 3), "hip": (128, 64, 8, 2)},
-         {"cuda": (64, 128, 4, 3), "hip": (64, 128, 4, 2)}),
+         {"cuda": (64, 128, 4, 3), "hip": (64, 128, 4, 2)},
+         {"cuda": (128, 64, 4, 3, JOINED), "hip": (128, 64, 4, 2, JOINED)}),
     128: ({"cuda": (128, 64, 8, 3), "hip": (128, 64, 8, 2)},
           {"cuda": (64, 64, 4, 4), "hip": (64, 64, 4, 2)},
-          {"cuda": (128, 32, 8, 4), "hip": (128, 32, 8, 2)}),
+          {"cuda": (128, 32, 8, 4), "hip": (128, 32, 8, 2)},
+          {"cuda": (128, 64, 8, 3, JOINED), "hip": (128, 64, 8, 2, JOINED)}),
 }
 DOWN_TILES = {
     16: ({"cuda": (64, 128, 4, 4), "hip": (64, 64, 4, 2)},
@@ -127,15 +133,17 @@ def align_variants():
             yield Variant("align_scatter", "align", name, "i32", scatter_types, configs)
 
 
-def gemm_variants(kernel, module, prefix, dtype, types, routed, tiles):
-    """The hinted variants of every BLOCK_M and tile in tiles, then the unhinted fallback."""
+def gemm_variants(kernel, module, prefix, dtype, types, routed, tiles, defaults=None):
+    """The hinted variants of every BLOCK_M and tile in tiles, then the unhinted fallback.
+    `defaults`: constexprs every variant sets unless its tile overrides them."""
     pointers = tuple(arg for arg, ty in types.items() if ty.startswith("*"))
     choices = [(f"m{block_m}_t{index}_div16", block_m, per_backend, pointers + ("H", "I"))
                for block_m, per_block in tiles.items() for index, per_backend in enumerate(per_block)]
     choices.append((f"m{FALLBACK_BLOCK_M}_any", FALLBACK_BLOCK_M, FALLBACK_TILE, ()))
     for suffix, block_m, per_backend, hints in choices:
-        configs = {backend: Config(dict(ROUTED=routed, BLOCK_M=block_m, BLOCK_N=n, BLOCK_K=k), warps, stages)
-                   for backend, (n, k, warps, stages) in per_backend.items()}
+        configs = {backend: Config(dict(defaults or {}, ROUTED=routed, BLOCK_M=block_m, BLOCK_N=n, BLOCK_K=k,
+                                        **(extra[0] if extra else {})), warps, stages)
+                   for backend, (n, k, warps, stages, *extra) in per_backend.items()}
         yield Variant(kernel, module, f"{prefix}_{suffix}", dtype, types, configs, hints)
 
 
@@ -150,7 +158,8 @@ def gate_up_variants():
                      H="i32", I="i32")
         # The shared expert (dense) is not tuned: it keeps t0.
         for mode, routed, tiles in (("routed", True, GATE_UP_TILES), ("dense", False, first_tile_only(GATE_UP_TILES))):
-            yield from gemm_variants("gate_up_swiglu", "gate_up_swiglu", f"{dtype}_{mode}", dtype, types, routed, tiles)
+            yield from gemm_variants("gate_up_swiglu", "gate_up_swiglu", f"{dtype}_{mode}", dtype, types, routed, tiles,
+                                     dict(JOINED=False))
 
 
 def down_variants():
