@@ -27,8 +27,8 @@ def section(d):
              "    tmoe tune --tokens 1,2,4,8,16,32,64,128,256,512,1024,2048,4096,8192 --out tuned-table.json",
              f"    TMOE_TUNING_TABLE=tuned-table.json tmoe bench --backend gpu --model MODEL --tokens {tokens} --check-rows 8",
              "",
-             f"The table is the one committed as `configs/<device>.json`; the sweep (winner beside the heuristic per T) "
-             f"is `{rel}/tune.log`. Timed: the full layer from random router logits (f32), bf16, median device time "
+             f"The run's table is `{rel}/tuned-table.json` and its sweep (winner beside the heuristic per T) "
+             f"`{rel}/tune.log`; `configs/<device>.json` holds the newest table. Timed: the full layer from random router logits (f32), bf16, median device time "
              "of CUDA-graph replays with the cache flushed before each. \"launches\": kernel launches per layer "
              "(`tmoe_moe_plan`); \"plan\": path and tiles. GB/s counts the active experts' weights once plus x, out "
              "and the logits; TFLOP/s counts 2·T·k·3·H·I (+ the shared expert). \"rel L2 err\": against the float64 "
