@@ -37,6 +37,7 @@ import math
 import multiprocessing as mp
 import os
 import re
+import subprocess
 import time
 
 import torch
@@ -404,6 +405,21 @@ def card_slug(name):
     return mt.group(1) if mt else re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
+GPU_STATE_FIELDS = ("clocks.sm", "clocks.max.sm", "power.draw", "temperature.gpu", "clocks_event_reasons.active")
+
+
+def gpu_state():
+    """SM clock, power and what limits the clock, right after a measurement: long compute-bound
+    cells moved up to 35% between runs of one build (docs/performance-log.md #7)."""
+    try:
+        out = subprocess.run(["nvidia-smi", f"--id={torch.cuda.current_device()}",
+                              "--query-gpu=" + ",".join(GPU_STATE_FIELDS), "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        return dict(zip(GPU_STATE_FIELDS, (v.strip() for v in out.split(","))))
+    except (OSError, subprocess.SubprocessError) as e:
+        return {"unavailable": f"{type(e).__name__}: {e}"[:200]}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None, help="directory for peers.json (default bench/results/<card>-<date>)")
@@ -483,7 +499,7 @@ def main():
 
     def add(model, T, system, mode, ms, err, floor_ms, **extra):
         r = dict(card=card, model=model, T=T, system=system, mode=mode, ms=ms, rel_err=err, floor_ms=floor_ms,
-                 pct_floor=(100.0 * floor_ms / ms) if ms else None, **extra)
+                 pct_floor=(100.0 * floor_ms / ms) if ms else None, gpu_state=gpu_state(), **extra)
         rows.append(r)
         log(f"  {model:14s} T={T:5d} {system:11s} {mode:7s} {ms:9.4f} ms  {r['pct_floor']:5.1f}% of floor  "
             f"err {err:.2e}  {extra.get('timing', '')}")
