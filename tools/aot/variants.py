@@ -38,7 +38,8 @@ JOINED = dict(JOINED=True)
 
 # BLOCK_M -> tiles, each backend -> (BLOCK_N, BLOCK_K, num_warps, num_stages[, constexprs]). A tile's
 # index is its name ("t0", "t1", ...): `tmoe tune` times them and configs/<device>.json
-# records the winner; the heuristic for untuned devices takes t0. gate_up and down pair
+# records the winner; the heuristic for untuned devices is in src/gpu/gpu_backend.cpp
+# (docs/kernels.md). The optional last field adds constexprs. gate_up and down pair
 # by BLOCK_M (one alignment serves both GEMMs) and choose their tiles independently.
 # CUDA tiles fit the A100's shared memory (163 KiB) as well as the H100's. AMD keeps
 # two stages: its pipeliner holds one buffer in LDS (64 KiB on gfx90a/gfx942), the
@@ -79,13 +80,17 @@ DECODE_GATE_UP_TILES = ({"cuda": (32, 128, 4, 4), "hip": (32, 128, 4, 2)},
                         {"cuda": (16, 256, 4, 4), "hip": (16, 256, 4, 2)},
                         {"cuda": (32, 64, 4, 6), "hip": (32, 64, 4, 2)},
                         {"cuda": (16, 128, 2, 6), "hip": (16, 128, 2, 2)})
-# decode_down_combine's tiles also say how many experts share one K loop (the last
-# field before the warps): backend -> (BLOCK_N, BLOCK_K, EXPERTS_PER_PASS, warps, stages).
-DECODE_DOWN_TILES = ({"cuda": (64, 128, 1, 4, 4), "hip": (64, 128, 1, 4, 2)},
-                     {"cuda": (32, 128, 2, 4, 4), "hip": (32, 128, 2, 4, 2)},
-                     {"cuda": (16, 128, 4, 4, 4), "hip": (16, 128, 4, 4, 2)},
-                     {"cuda": (16, 64, 8, 4, 4), "hip": (16, 64, 8, 4, 2)},
-                     {"cuda": (32, 64, 4, 4, 4), "hip": (32, 64, 4, 4, 2)})
+# decode_down_combine's tiles also say how many experts share one K loop.
+DECODE_DOWN_TILES = ({"cuda": (64, 128, 4, 4, dict(EXPERTS_PER_PASS=1)),
+                      "hip": (64, 128, 4, 2, dict(EXPERTS_PER_PASS=1))},
+                     {"cuda": (32, 128, 4, 4, dict(EXPERTS_PER_PASS=2)),
+                      "hip": (32, 128, 4, 2, dict(EXPERTS_PER_PASS=2))},
+                     {"cuda": (16, 128, 4, 4, dict(EXPERTS_PER_PASS=4)),
+                      "hip": (16, 128, 4, 2, dict(EXPERTS_PER_PASS=4))},
+                     {"cuda": (16, 64, 4, 4, dict(EXPERTS_PER_PASS=8)),
+                      "hip": (16, 64, 4, 2, dict(EXPERTS_PER_PASS=8))},
+                     {"cuda": (32, 64, 4, 4, dict(EXPERTS_PER_PASS=4)),
+                      "hip": (32, 64, 4, 2, dict(EXPERTS_PER_PASS=4))})
 
 
 @dataclass(frozen=True)
@@ -133,6 +138,12 @@ def align_variants():
             yield Variant("align_scatter", "align", name, "i32", scatter_types, configs)
 
 
+def tile_configs(per_backend, constexprs):
+    """backend -> Config for one tile: (BLOCK_N, BLOCK_K, num_warps, num_stages[, more constexprs])."""
+    return {backend: Config(dict(constexprs, BLOCK_N=n, BLOCK_K=k, **(extra[0] if extra else {})), warps, stages)
+            for backend, (n, k, warps, stages, *extra) in per_backend.items()}
+
+
 def gemm_variants(kernel, module, prefix, dtype, types, routed, tiles, defaults=None):
     """The hinted variants of every BLOCK_M and tile in tiles, then the unhinted fallback.
     `defaults`: constexprs every variant sets unless its tile overrides them."""
@@ -141,9 +152,7 @@ def gemm_variants(kernel, module, prefix, dtype, types, routed, tiles, defaults=
                for block_m, per_block in tiles.items() for index, per_backend in enumerate(per_block)]
     choices.append((f"m{FALLBACK_BLOCK_M}_any", FALLBACK_BLOCK_M, FALLBACK_TILE, ()))
     for suffix, block_m, per_backend, hints in choices:
-        configs = {backend: Config(dict(defaults or {}, ROUTED=routed, BLOCK_M=block_m, BLOCK_N=n, BLOCK_K=k,
-                                        **(extra[0] if extra else {})), warps, stages)
-                   for backend, (n, k, warps, stages, *extra) in per_backend.items()}
+        configs = tile_configs(per_backend, dict(defaults or {}, ROUTED=routed, BLOCK_M=block_m))
         yield Variant(kernel, module, f"{prefix}_{suffix}", dtype, types, configs, hints)
 
 
@@ -181,16 +190,6 @@ def combine_variants():
         yield Variant("combine", "down_combine", f"{dtype}_any", dtype, types, configs)
 
 
-def decode_configs(per_backend, constexprs):
-    return {backend: Config(dict(constexprs, BLOCK_N=n, BLOCK_K=k), warps, stages)
-            for backend, (n, k, warps, stages) in per_backend.items()}
-
-
-def decode_down_configs(per_backend, constexprs):
-    return {backend: Config(dict(constexprs, BLOCK_N=n, BLOCK_K=k, EXPERTS_PER_PASS=u), warps, stages)
-            for backend, (n, k, u, warps, stages) in per_backend.items()}
-
-
 def decode_variants():
     """Only hinted (div16) variants: an odd shape or unaligned pointer takes the sorted path."""
     for dtype in ACTIVATION_DTYPES:
@@ -199,13 +198,13 @@ def decode_variants():
         for mode, routed in (("routed", True), ("dense", False)):
             for index, per_backend in enumerate(DECODE_GATE_UP_TILES):
                 yield Variant("decode_gate_up_swiglu", "decode", f"{dtype}_{mode}_t{index}", dtype, types,
-                              decode_configs(per_backend, dict(ROUTED=routed)), ("x", "w13", "h", "H", "I"))
+                              tile_configs(per_backend, dict(ROUTED=routed)), ("x", "w13", "h", "H", "I"))
         types = dict(h=a, w2=a, out=a, topk_ids="*i32", topk_weights="*fp32", h_shared=a, shared_w2=a, top_k="i32",
                      H="i32", I="i32", shared_I="i32")
         for mode, shared in (("routed", False), ("shared", True)):
             for index, per_backend in enumerate(DECODE_DOWN_TILES):
                 yield Variant("decode_down_combine", "decode", f"{dtype}_{mode}_t{index}", dtype, types,
-                              decode_down_configs(per_backend, dict(HAS_SHARED=shared)),
+                              tile_configs(per_backend, dict(HAS_SHARED=shared)),
                               ("h", "w2", "out", "h_shared", "shared_w2", "H", "I", "shared_I"))
 
 
