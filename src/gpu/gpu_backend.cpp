@@ -53,6 +53,11 @@ int gemm_block_m(int64_t rows) {
 
 std::string tile(int index) { return std::string("_t") + std::to_string(index); }
 
+// "bf16_shared" / "bf16_routed": decode_down_combine's variants before their tile.
+std::string decode_down_prefix(const MoeProblem& p) {
+  return std::string(dtype_key(p.dtype)) + (p.has_shared_expert() ? "_shared" : "_routed");
+}
+
 // Byte offsets of every buffer inside one workspace, each 256-byte aligned (which
 // keeps the div16 variants' alignment promise).
 struct WorkspaceLayout {
@@ -141,21 +146,24 @@ class GpuBackend final : public gpu::TunableBackend {
     const Hints hints = hints_of(p);
     std::vector<gpu::KernelChoice> all;
     const std::string act = dtype_key(p.dtype);
+    // Every pair of a gate_up tile and a down tile.
+    auto add_pairs = [&](gpu::GemmPath path, int block_m, size_t gate_up_tiles, size_t down_tiles) {
+      for (size_t g = 0; g < gate_up_tiles; ++g) {
+        for (size_t d = 0; d < down_tiles; ++d) all.push_back({path, block_m, static_cast<int>(g), static_cast<int>(d)});
+      }
+    };
     // The decode path reads a whole expert per slot: beyond a few tokens it
     // re-reads each expert many times (mixtral at T = 8192: seconds per layer).
     if (hints.decode() && p.T <= kDecodeMaxTokens && p.T * p.k <= 2 * p.E) {
-      const std::string down_mode = p.has_shared_expert() ? "_shared" : "_routed";
-      for (int g : tiles("decode_gate_up_swiglu", act + "_routed", "")) {
-        for (int d : tiles("decode_down_combine", act + down_mode, "")) all.push_back({gpu::GemmPath::decode, 0, g, d});
-      }
+      add_pairs(gpu::GemmPath::decode, 0, tiles("decode_gate_up_swiglu", act + "_routed", "").size(),
+                tiles("decode_down_combine", decode_down_prefix(p), "").size());
     }
     if (!hints.routed) return {heuristic(p, hints)};
     const std::string down_mode = p.k == 1 && !p.has_shared_expert() ? "_routed_direct" : "_routed";
     for (int block_m : {16, 64, 128}) {
       const std::string m = std::string("_m") + std::to_string(block_m);
-      for (int g : tiles("gate_up_swiglu", act + "_routed" + m, "_div16")) {
-        for (int d : tiles("down", act + down_mode + m, "_div16")) all.push_back({gpu::GemmPath::sorted, block_m, g, d});
-      }
+      add_pairs(gpu::GemmPath::sorted, block_m, tiles("gate_up_swiglu", act + "_routed" + m, "_div16").size(),
+                tiles("down", act + down_mode + m, "_div16").size());
     }
     return all;
   }
@@ -214,16 +222,15 @@ class GpuBackend final : public gpu::TunableBackend {
     return Status::ok();
   }
 
-  // The tile indices i of the variants named prefix + "_t<i>" + suffix, in order.
-  std::vector<int> tiles(const std::string& kernel, const std::string& prefix, const std::string& suffix) const {
-    std::vector<int> indices;
-    for (int i = 0; !bundle_.find(kernel, target_, [&](const KernelEntry& e) {
-           return e.variant == prefix + tile(i) + suffix;
-         }).empty();
-         ++i) {
-      indices.push_back(i);
+  // The variants named prefix + "_t<i>" + suffix for i = 0, 1, ... (the tile index is the position).
+  std::vector<const KernelEntry*> tiles(const std::string& kernel, const std::string& prefix,
+                                        const std::string& suffix) const {
+    std::vector<const KernelEntry*> entries;
+    for (int i = 0;; ++i) {
+      const KernelEntry* e = nullptr;
+      if (!select(kernel, prefix + tile(i) + suffix, &e).is_ok()) return entries;
+      entries.push_back(e);
     }
-    return indices;
   }
 
   static Hints hints_of(const MoeProblem& p) {
@@ -259,7 +266,7 @@ class GpuBackend final : public gpu::TunableBackend {
     if (hints.decode() && p.T == 1) {
       const std::string act = dtype_key(p.dtype);
       return {gpu::GemmPath::decode, 0, widest_decode_tile("decode_gate_up_swiglu", act + "_routed", p.k, p.I),
-              widest_decode_tile("decode_down_combine", act + (p.has_shared_expert() ? "_shared" : "_routed"), 1, p.H)};
+              widest_decode_tile("decode_down_combine", decode_down_prefix(p), 1, p.H)};
     }
     const int64_t S = p.T * p.k;
     const int block_m = gemm_block_m(S / std::max<int64_t>(1, std::min(p.E, S)));
@@ -276,10 +283,9 @@ class GpuBackend final : public gpu::TunableBackend {
     int chosen = 0;
     int64_t chosen_n = 0;
     bool chosen_fills = false;
-    for (int i : tiles(kernel, prefix, "")) {
-      const KernelEntry* e = nullptr;
-      if (!select(kernel, prefix + tile(i), &e).is_ok()) break;
-      const int64_t n = e->constexpr_or("BLOCK_N", 1);
+    const std::vector<const KernelEntry*> entries = tiles(kernel, prefix, "");
+    for (int i = 0; i < static_cast<int>(entries.size()); ++i) {
+      const int64_t n = entries[i]->constexpr_or("BLOCK_N", 1);
       const bool fills = rows * cdiv(N, n) >= 2 * device_->multiprocessor_count();
       const bool better = chosen_n == 0 || (fills && (!chosen_fills || n > chosen_n)) ||
                           (!fills && !chosen_fills && n < chosen_n);
@@ -351,7 +357,7 @@ class GpuBackend final : public gpu::TunableBackend {
       TMOE_RETURN_IF_ERROR(select("decode_gate_up_swiglu", act + "_dense" + gate_up_tile, &q.decode_shared_gate_up));
     }
     TMOE_RETURN_IF_ERROR(select("decode_down_combine",
-                                act + (p.has_shared_expert() ? "_shared" : "_routed") + tile(q.choice.down_tile),
+                                decode_down_prefix(p) + tile(q.choice.down_tile),
                                 &q.decode_down));
     const size_t esize = dtype_size(p.dtype);
     layout_routing(p, &q);
