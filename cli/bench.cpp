@@ -12,38 +12,13 @@
 
 #include "bench_device.hpp"
 #include "layer_inputs.hpp"
-#include "core/numeric.hpp"
 #include "cpu/blas_probe.hpp"
 #include "core/problem.hpp"
-#include "reference/random.hpp"
 #include "reference/reference.hpp"
 
 namespace tmoe::cli {
 
 namespace {
-
-using reference::mix;
-
-// Relative L2 bounds, the same as the test suites': rounding of inputs and
-// outputs to the storage format dominates, accumulation is f32 everywhere.
-double error_bound(tmoe_dtype dtype) {
-  switch (dtype) {
-    case TMOE_DTYPE_BF16: return 1e-2;
-    case TMOE_DTYPE_F16: return 2e-3;
-    default: return 1e-5;
-  }
-}
-
-std::vector<int64_t> sample_rows(int64_t T, int count) {
-  std::set<int64_t> rows;
-  if (T == 0) return {};
-  rows.insert(0);
-  rows.insert(T - 1);
-  for (int i = 1; static_cast<int64_t>(rows.size()) < std::min<int64_t>(T, count); ++i) {
-    rows.insert(static_cast<int64_t>(mix(static_cast<uint64_t>(i)) % static_cast<uint64_t>(T)));
-  }
-  return {rows.begin(), rows.end()};
-}
 
 struct Row {
   int64_t T;
@@ -95,15 +70,7 @@ int run_bench(const BenchOptions& opt) {
 
     // Correctness first, on the first call's output.
     ctx.forward(args);
-    const std::vector<uint8_t>& host_out = batch.fetch_out();
-    const std::vector<int64_t> check = sample_rows(T, opt.check_rows);
-    const std::vector<double> ref = reference::moe_layer(batch.host_args(), check);
-    std::vector<double> got;
-    got.reserve(check.size() * H);
-    for (int64_t r : check) {
-      for (int64_t h = 0; h < H; ++h) got.push_back(load_as_f32(host_out.data(), dtype, r * H + h));
-    }
-    const double err = T ? reference::relative_l2(ref, got) : 0.0;
+    const double err = batch.relative_error(sample_rows(T, opt.check_rows));
     const double bound = error_bound(dtype);
     const bool ok = err <= bound;  // false for NaN
     all_ok = all_ok && ok;

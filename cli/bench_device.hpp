@@ -6,9 +6,17 @@
 #include <cstddef>
 #include <functional>
 #include <memory>
+#include <stdexcept>
 #include <string>
 
+#include "core/status.hpp"
+
 namespace tmoe::cli {
+
+// The commands report a failed library call by throwing its message.
+inline void check(const Status& s) {
+  if (!s.is_ok()) throw std::runtime_error(s.message());
+}
 
 class BenchDevice {
  public:

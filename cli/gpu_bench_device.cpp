@@ -20,10 +20,6 @@ namespace {
 // H200 50 MB, MI300X's last-level cache 256 MB).
 constexpr size_t kCacheFlushBytes = size_t{512} << 20;
 
-void check(const Status& s) {
-  if (!s.is_ok()) throw std::runtime_error(s.message());
-}
-
 class GpuBenchDevice final : public BenchDevice {
  public:
   explicit GpuBenchDevice(int index) {

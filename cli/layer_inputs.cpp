@@ -3,11 +3,14 @@
 #include <algorithm>
 #include <cmath>
 #include <random>
+#include <set>
 #include <stdexcept>
 #include <tmoe/tmoe.hpp>
 
+#include "core/numeric.hpp"
 #include "core/problem.hpp"
 #include "reference/random.hpp"
+#include "reference/reference.hpp"
 
 namespace tmoe::cli {
 
@@ -42,6 +45,26 @@ tmoe_dtype parse_dtype(const std::string& s) {
   if (s == "f16" || s == "fp16") return TMOE_DTYPE_F16;
   if (s == "f32" || s == "fp32") return TMOE_DTYPE_F32;
   throw std::runtime_error("--dtype: expected bf16, f16 or f32, got '" + s + "'");
+}
+
+// Rounding of inputs and outputs to the storage format dominates; accumulation is f32 everywhere.
+double error_bound(tmoe_dtype dtype) {
+  switch (dtype) {
+    case TMOE_DTYPE_BF16: return 1e-2;
+    case TMOE_DTYPE_F16: return 2e-3;
+    default: return 1e-5;
+  }
+}
+
+std::vector<int64_t> sample_rows(int64_t T, int count) {
+  std::set<int64_t> rows;
+  if (T == 0) return {};
+  rows.insert(0);
+  rows.insert(T - 1);
+  for (int i = 1; static_cast<int64_t>(rows.size()) < std::min<int64_t>(T, count); ++i) {
+    rows.insert(static_cast<int64_t>(mix(static_cast<uint64_t>(i)) % static_cast<uint64_t>(T)));
+  }
+  return {rows.begin(), rows.end()};
 }
 
 LayerInputs::LayerInputs(BenchDevice& device, const ModelShape& m, tmoe_dtype dtype, uint64_t seed)
@@ -103,6 +126,19 @@ tmoe_moe_args LayerInputs::Batch::host_args() const {
     h.shared_w2.data = const_cast<uint8_t*>(layer_->host_sw2_.data());
   }
   return h;
+}
+
+double LayerInputs::Batch::relative_error(const std::vector<int64_t>& rows) {
+  if (rows.empty()) return 0.0;
+  const std::vector<uint8_t>& out = fetch_out();
+  const std::vector<double> ref = reference::moe_layer(host_args(), rows);
+  const int64_t H = layer_->model_.H;
+  std::vector<double> got;
+  got.reserve(rows.size() * H);
+  for (int64_t r : rows) {
+    for (int64_t h = 0; h < H; ++h) got.push_back(load_as_f32(out.data(), layer_->dtype_, r * H + h));
+  }
+  return reference::relative_l2(ref, got);
 }
 
 const std::vector<uint8_t>& LayerInputs::Batch::fetch_out() {

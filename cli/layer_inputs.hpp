@@ -17,6 +17,12 @@ namespace tmoe::cli {
 // "bf16", "f16" (or "fp16"), "f32" (or "fp32"); throws naming --dtype.
 tmoe_dtype parse_dtype(const std::string& name);
 
+// Relative L2 bound of an output against the float64 reference, the test suites'.
+double error_bound(tmoe_dtype dtype);
+
+// `count` token rows of T to check: the first, the last, and reproducible others.
+std::vector<int64_t> sample_rows(int64_t T, int count);
+
 class LayerInputs {
  public:
   LayerInputs(BenchDevice& device, const ModelShape& model, tmoe_dtype dtype, uint64_t seed);
@@ -30,6 +36,8 @@ class LayerInputs {
     const std::vector<float>& host_logits() const { return host_logits_; }
     // The output after a forward (downloaded from the device when there is one).
     const std::vector<uint8_t>& fetch_out();
+    // Relative L2 error of the output's `rows` (fetched) against the float64 layer; 0 without rows.
+    double relative_error(const std::vector<int64_t>& rows);
 
    private:
     friend class LayerInputs;

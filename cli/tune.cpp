@@ -1,7 +1,6 @@
 #include "tune.hpp"
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <ctime>
@@ -11,18 +10,12 @@
 #include <tmoe/tmoe.h>
 
 #include "bench_device.hpp"
-#include "core/numeric.hpp"
 #include "gpu/gpu_backend.hpp"
 #include "layer_inputs.hpp"
-#include "reference/reference.hpp"
 
 namespace tmoe::cli {
 
 namespace {
-
-void check(const Status& s) {
-  if (!s.is_ok()) throw std::runtime_error(s.message());
-}
 
 // One line redrawn in place on stderr: where the sweep is and the best so far.
 void progress(const std::string& what, size_t done, size_t total, double best_ms, const std::string& best) {
@@ -39,19 +32,6 @@ std::string today() {
   char text[16];
   std::strftime(text, sizeof text, "%Y-%m-%d", std::gmtime(&now));
   return text;
-}
-
-// Relative L2 error of the first rows of `out` against the float64 layer.
-double check_rows(const LayerInputs::Batch& batch, const std::vector<uint8_t>& out, tmoe_dtype dtype, int64_t T,
-                  int64_t H, int rows) {
-  std::vector<int64_t> which;
-  for (int64_t r = 0; r < std::min<int64_t>(T, rows); ++r) which.push_back(r * (T / std::min<int64_t>(T, rows)));
-  const std::vector<double> ref = reference::moe_layer(batch.host_args(), which);
-  std::vector<double> got;
-  for (int64_t r : which) {
-    for (int64_t h = 0; h < H; ++h) got.push_back(load_as_f32(out.data(), dtype, r * H + h));
-  }
-  return reference::relative_l2(ref, got);
 }
 
 }  // namespace
@@ -116,8 +96,8 @@ int run_tune(const TuneOptions& opt) {
       if (std::isnan(heuristic_ms)) heuristic_ms = time_choice(heuristic);
       // The winner's output, checked: a fast wrong kernel must not enter a table.
       check(backend->forward_with(problem, exec, best));
-      const double err = check_rows(batch, batch.fetch_out(), dtype, T, m.H, opt.check_rows);
-      const bool ok = err <= 1e-2;  // bf16 bound of the test suites
+      const double err = batch.relative_error(sample_rows(T, opt.check_rows));
+      const bool ok = err <= error_bound(dtype);  // false for NaN
       all_ok = all_ok && ok;
       std::printf("%8lld %11.4f %-22s %14.4f %-22s %7.2fx %11.2e%s\n", (long long)T, best_ms, best.describe().c_str(),
                   heuristic_ms, heuristic.describe().c_str(), heuristic_ms / best_ms, err, ok ? "" : "  ERROR ABOVE BOUND");
