@@ -17,16 +17,11 @@ namespace {
 
 using nlohmann::json;
 
-int64_t positive(const json& j, const char* field, const std::string& where) {
-  if (!j.contains(field) || !j[field].is_number_integer() || j[field].get<int64_t>() <= 0) {
-    throw std::runtime_error(where + ": expected a positive integer \"" + field + "\"");
-  }
-  return j[field].get<int64_t>();
-}
-
-int64_t non_negative(const json& j, const char* field, const std::string& where) {
-  if (!j.contains(field) || !j[field].is_number_integer() || j[field].get<int64_t>() < 0) {
-    throw std::runtime_error(where + ": expected a non-negative integer \"" + field + "\"");
+// j[field], an integer >= least (1: "positive", 0: "non-negative" in the message).
+int64_t integer_at_least(const json& j, const char* field, int64_t least, const std::string& where) {
+  if (!j.contains(field) || !j[field].is_number_integer() || j[field].get<int64_t>() < least) {
+    throw std::runtime_error(where + ": expected a " + (least > 0 ? "positive" : "non-negative") + " integer \"" +
+                             field + "\"");
   }
   return j[field].get<int64_t>();
 }
@@ -41,14 +36,14 @@ KernelChoice parse_choice(const json& j, const std::string& where) {
   const std::string path = text(j, "path", where);
   if (path == "sorted") {
     c.path = GemmPath::sorted;
-    c.block_m = static_cast<int>(positive(j, "block_m", where));
+    c.block_m = static_cast<int>(integer_at_least(j, "block_m", 1, where));
   } else if (path == "decode") {
     c.path = GemmPath::decode;
   } else {
     throw std::runtime_error(where + ": \"path\" must be \"sorted\" or \"decode\", got \"" + path + "\"");
   }
-  c.gate_up_tile = static_cast<int>(non_negative(j, "gate_up_tile", where));
-  c.down_tile = static_cast<int>(non_negative(j, "down_tile", where));
+  c.gate_up_tile = static_cast<int>(integer_at_least(j, "gate_up_tile", 0, where));
+  c.down_tile = static_cast<int>(integer_at_least(j, "down_tile", 0, where));
   return c;
 }
 
@@ -80,12 +75,13 @@ Status TuningTable::parse(std::string_view json_text, const std::string& origin,
     for (const json& s : j["shapes"]) {
       Entry e;
       const std::string where = origin + ": shape " + s.value("name", std::to_string(t.entries_.size()));
-      e.shape = {positive(s, "E", where), positive(s, "H", where), positive(s, "I", where), positive(s, "k", where)};
+      e.shape = {integer_at_least(s, "E", 1, where), integer_at_least(s, "H", 1, where),
+                 integer_at_least(s, "I", 1, where), integer_at_least(s, "k", 1, where)};
       if (!s.contains("buckets") || !s["buckets"].is_array() || s["buckets"].empty()) {
         throw std::runtime_error(where + ": expected a non-empty \"buckets\" array");
       }
       for (const json& b : s["buckets"]) {
-        Bucket bucket{positive(b, "max_tokens", where), parse_choice(b, where)};
+        Bucket bucket{integer_at_least(b, "max_tokens", 1, where), parse_choice(b, where)};
         if (!e.buckets.empty() && bucket.max_tokens <= e.buckets.back().max_tokens) {
           throw std::runtime_error(where + ": buckets must be in increasing max_tokens");
         }
