@@ -594,7 +594,10 @@ TEST(GpuBundleTest, EmbeddedBundleParsesOrSaysItHasNoKernels) {
       ASSERT_GE(e.params.size(), 2u) << e.describe();
       EXPECT_EQ(e.params[e.params.size() - 2].name, "global_scratch") << e.describe();
       EXPECT_EQ(e.params.back().name, "profile_scratch") << e.describe();
+      EXPECT_EQ(bundle->variant(e.kernel, e.variant, e.target), &e) << "the index finds " << e.describe();
     }
+    EXPECT_EQ(bundle->variant("gate_up_swiglu", "no_such_variant", bundle->targets().front()), nullptr);
+    EXPECT_EQ(bundle->variant("no_such_kernel", bundle->kernels().front().variant, bundle->targets().front()), nullptr);
   } else {
     EXPECT_TRUE(bundle->kernels().empty());
     const KernelEntry* chosen = nullptr;

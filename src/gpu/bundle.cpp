@@ -22,7 +22,16 @@ namespace tmoe::gpu {
 
 using nlohmann::json;
 
-std::string KernelEntry::describe() const { return kernel + "/" + variant + " for " + target; }
+namespace {
+// How messages name a compiled variant, and the key of Bundle's index.
+std::string identity(std::string_view kernel, std::string_view variant, std::string_view target) {
+  std::string text;
+  text.append(kernel).append("/").append(variant).append(" for ").append(target);
+  return text;
+}
+}  // namespace
+
+std::string KernelEntry::describe() const { return identity(kernel, variant, target); }
 
 int64_t KernelEntry::constexpr_or(std::string_view name, int64_t fallback) const {
   auto found = constexprs.find(std::string(name));
@@ -272,12 +281,11 @@ Status Bundle::parse(std::string_view manifest_json, std::span<const uint8_t> bi
     bundle->targets_.push_back(t.get<std::string>());
     target_set.insert(bundle->targets_.back());
   }
-  std::set<std::string> identities;
   bundle->kernels_.reserve(kernels->size());
   for (size_t i = 0; i < kernels->size(); ++i) {
     KernelEntry entry;
     TMOE_RETURN_IF_ERROR(read_entry((*kernels)[i], i, binaries, target_set, &entry));
-    if (!identities.insert(entry.describe()).second) {
+    if (!bundle->positions_.emplace(entry.describe(), bundle->kernels_.size()).second) {
       return Status::internal("kernel manifest: " + entry.describe() + " appears twice");
     }
     bundle->kernels_.push_back(std::move(entry));
@@ -300,6 +308,11 @@ std::span<const uint8_t> Bundle::image(const KernelEntry& entry) const {
 
 bool Bundle::owns(const KernelEntry& entry) const {
   return !kernels_.empty() && &entry >= kernels_.data() && &entry < kernels_.data() + kernels_.size();
+}
+
+const KernelEntry* Bundle::variant(std::string_view kernel, std::string_view variant, std::string_view target) const {
+  auto it = positions_.find(identity(kernel, variant, target));
+  return it == positions_.end() ? nullptr : &kernels_[it->second];
 }
 
 std::vector<const KernelEntry*> Bundle::find(std::string_view kernel, std::string_view target,

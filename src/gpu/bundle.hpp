@@ -76,6 +76,9 @@ class Bundle {
   // Whether `entry` is one of this bundle's records.
   bool owns(const KernelEntry& entry) const;
 
+  // The entry named kernel/variant for target (the runtime's every-forward lookup), or nullptr.
+  const KernelEntry* variant(std::string_view kernel, std::string_view variant, std::string_view target) const;
+
   // The entries of `kernel` for `target` that `accept` (when given) admits, in manifest order.
   std::vector<const KernelEntry*> find(std::string_view kernel, std::string_view target,
                                        const std::function<bool(const KernelEntry&)>& accept = {}) const;
@@ -85,6 +88,7 @@ class Bundle {
   std::string triton_version_;
   std::vector<std::string> targets_;
   std::vector<KernelEntry> kernels_;
+  std::map<std::string, size_t> positions_;  // describe() -> index into kernels_
   std::span<const uint8_t> binaries_;
 };
 

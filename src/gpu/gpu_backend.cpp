@@ -214,11 +214,10 @@ class GpuBackend final : public gpu::TunableBackend {
   }
 
   Status select(const std::string& kernel, const std::string& variant, const KernelEntry** entry) const {
-    auto found = bundle_.find(kernel, target_, [&](const KernelEntry& e) { return e.variant == variant; });
-    if (found.empty()) {
+    *entry = bundle_.variant(kernel, variant, target_);
+    if (*entry == nullptr) {
       return Status::unsupported("the kernel bundle has no " + kernel + " variant " + variant + " for " + target_);
     }
-    *entry = found.front();
     return Status::ok();
   }
 
