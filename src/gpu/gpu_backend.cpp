@@ -168,7 +168,6 @@ class GpuBackend final : public gpu::TunableBackend {
     return all;
   }
 
-  gpu::KernelChoice choice(const MoeProblem& p) const override { return choose(p, hints_of(p)); }
   gpu::KernelChoice heuristic_choice(const MoeProblem& p) const override { return heuristic(p, hints_of(p)); }
   const std::string& device_model() const override { return device_->name(); }
   const std::string& target() const override { return target_; }

@@ -17,9 +17,7 @@ class TunableBackend : public Backend {
   // Every choice the bundle can run for the problem (tile variants of both paths
   // where its hints allow them); the one choice of an unhinted problem.
   virtual std::vector<KernelChoice> candidates(const MoeProblem& problem) const = 0;
-  // The choice forward() makes: the device's tuned table, else the heuristic.
-  virtual KernelChoice choice(const MoeProblem& problem) const = 0;
-  // The heuristic's choice alone (what an untuned device runs).
+  // The heuristic's choice (what forward() runs where the device's tuned table lacks the shape).
   virtual KernelChoice heuristic_choice(const MoeProblem& problem) const = 0;
   // The device as a tuned table names it: "NVIDIA H100 80GB HBM3", "cuda:90".
   virtual const std::string& device_model() const = 0;
