@@ -173,7 +173,10 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Combine(::testing::ValuesIn(backend_names()),
                        ::testing::Values(LayerCase{.T = 255, .E = 60, .k = 6, .H = 47, .I = 33, .dtype = kBF16,
                                                    .source = Source::kSoftmaxTopk, .shared_I = 33},
-                                         LayerCase{.T = 255, .E = 8, .k = 2, .H = 1024, .I = 1408, .dtype = kBF16})),
+                                         LayerCase{.T = 255, .E = 8, .k = 2, .H = 1024, .I = 1408, .dtype = kBF16},
+                                         // One token: on a GPU, the decode path (no align, no combine).
+                                         LayerCase{.T = 1, .E = 64, .k = 8, .H = 2048, .I = 128, .dtype = kBF16,
+                                                   .shared_I = 64})),
     [](const ::testing::TestParamInfo<DeterminismTest::ParamType>& info) {
       return std::get<0>(info.param) + "_" + case_name(std::get<1>(info.param));
     });
