@@ -26,12 +26,13 @@ def down(h, w2, y, sorted_slots, block_expert, topk_weights, num_slots, top_k, H
     col_ok = cols < H
     ks = tl.arange(0, BLOCK_K)
     h_tile = h + rows.to(tl.int64)[:, None] * I + ks[None, :]
-    w_tile = w2 + expert.to(tl.int64) * H * I + cols.to(tl.int64)[None, :] * I + ks[:, None]
+    # Weight rows past H wrap to valid ones (never stored): no column mask on the weight loads.
+    w_tile = w2 + expert.to(tl.int64) * H * I + (cols % H).to(tl.int64)[None, :] * I + ks[:, None]
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     for k0 in range(0, I, BLOCK_K):
         k_ok = ks < I - k0
         a = tl.load(h_tile, mask=has_slot[:, None] & k_ok[None, :], other=0.0)
-        acc = tl.dot(a, tl.load(w_tile, mask=k_ok[:, None] & col_ok[None, :], other=0.0), acc)
+        acc = tl.dot(a, tl.load(w_tile, mask=k_ok[:, None], other=0.0), acc)
         h_tile += BLOCK_K
         w_tile += BLOCK_K
     if ROUTED:

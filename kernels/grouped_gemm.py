@@ -11,6 +11,11 @@ tiles and a few weight tiles, which then stay in L2 (measured on an H100: 10-22%
 faster at T >= 512 on qwen3-30b-a3b, gpt-oss-120b and deepseek-v3). With few M
 blocks all of them form one group (M fastest over the whole grid): grouping there
 split mixtral's weight stream and cost 17% at T = 256.
+
+The weight tiles are loaded without a column mask: a program's columns past N read
+wrapped, valid rows (column % N) whose results are never stored. The masked load
+(K mask and column mask) cost the down GEMM 22% at mixtral-8x7b T = 8192 on an H100
+(3.91 -> 3.07 ms for the same tile; performance-log.md #8); vLLM's kernel wraps the same way.
 """
 import triton
 import triton.language as tl
