@@ -257,8 +257,8 @@ class GpuBackend final : public gpu::TunableBackend {
   // Untuned shapes: the decode path for one token (its experts are distinct, so
   // per-slot GEMVs read each weight once), else the sorted path. Its tiles on CUDA
   // are the most frequent winners of each BLOCK_M in the H100 sweep
-  // (configs/nvidia-h100-80gb-hbm3.json: m16 t1/t0 15 of 21 buckets, m64 t2/t2 7 of
-  // 14, m128 t3/t0 11 of 13); AMD, never measured, keeps t0.
+  // (configs/nvidia-h100-80gb-hbm3.json: m16 t1/t0 15 of 21 buckets, m64 t2/t1 6 of
+  // 14, m128 t3/t0 7 of 13); AMD, never measured, keeps t0.
   gpu::KernelChoice heuristic(const MoeProblem& p, const Hints& hints) const {
     if (!hints.routed) return {gpu::GemmPath::sorted, kFallbackBlockM, 0, 0};
     if (hints.decode() && p.T == 1) {
@@ -270,7 +270,7 @@ class GpuBackend final : public gpu::TunableBackend {
     const int block_m = gemm_block_m(S / std::max<int64_t>(1, std::min(p.E, S)));
     if (device_->api() != gpu::Api::cuda) return {gpu::GemmPath::sorted, block_m, 0, 0};
     const int gate_up_tile = block_m == 16 ? 1 : block_m == 64 ? 2 : 3;
-    const int down_tile = block_m == 64 ? 2 : 0;
+    const int down_tile = block_m == 64 ? 1 : 0;
     return {gpu::GemmPath::sorted, block_m, gate_up_tile, down_tile};
   }
 
