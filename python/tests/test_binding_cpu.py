@@ -220,6 +220,26 @@ def test_moe_layer_matches_reference(rng, case, shared_inter):
     assert rel_l2(reference_layer(x, w13, w2, weights, ids, shared), out) <= BOUND_F32
 
 
+def test_plan_describes_without_running(rng):
+    x = rng.standard_normal((5, 32)).astype(np.float32)
+    w13, w2, _ = make_weights(rng, 4, 32, 16)
+    ids, weights = make_ids(rng, 5, 4, 2)
+    out = poisoned((5, 32))
+    plan = tmoe.plan(tmoe.fused_moe, x, w13, w2, weights, ids, out=out, backend="cpu")
+    assert isinstance(plan, tmoe.Plan)
+    assert plan.launches == 0  # the CPU backend launches no kernels
+    assert plan.description.startswith("cpu: ")
+    assert np.isnan(out).all(), "planning wrote out"
+    logits = spaced_logits(rng, 5, 4)
+    assert tmoe.plan(tmoe.moe_layer, x, logits, w13, w2, top_k=2) == plan  # out allocated, backend from x
+    # The same checks as a call: bad arguments are named, an unknown function is refused.
+    with pytest.raises(tmoe.Error, match=r"topk_weights: expected shape \[T=5, k=1\], got \[5, 2\]"):
+        tmoe.plan(tmoe.fused_moe, x, w13, w2, weights, ids[:, :1].copy())
+    with pytest.raises(tmoe.Error, match="fn: expected tmoe.fused_moe or tmoe.moe_layer"):
+        tmoe.plan(print, x)
+    assert tmoe.fused_moe.__name__ == "fused_moe" and "vLLM" in tmoe.fused_moe.__doc__
+
+
 def test_zero_tokens(rng):
     w13, w2, _ = make_weights(rng, 4, 16, 8)
     x = np.empty((0, 16), np.float32)

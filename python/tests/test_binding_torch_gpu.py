@@ -235,6 +235,21 @@ def test_errors_leave_out_untouched(gen):
     assert out.isnan().all(), "out was written by a failed call"
 
 
+def test_plan_names_the_launches(gen):
+    (x, w13, w2, weights, ids), _, _ = expert_problem(gen, 1)
+    out = poisoned(x)
+    plan = tmoe.plan(tmoe.fused_moe, x, w13, w2, weights, ids, out=out)
+    # One token, aligned tensors: the decode path, gate_up then down (no route, no align, no combine).
+    assert plan.launches == 2, plan
+    assert plan.description.startswith("decode "), plan
+    assert "decode_gate_up_swiglu/" in plan.description and "decode_down_combine/" in plan.description, plan
+    torch.cuda.synchronize()
+    assert out.isnan().all(), "planning wrote out"
+    (x, w13, w2, weights, ids), _, _ = expert_problem(gen, 300)
+    plan = tmoe.plan(tmoe.fused_moe, x, w13, w2, weights, ids)
+    assert plan.launches == 5 and plan.description.startswith("sorted "), plan  # align x2, gate_up, down, combine
+
+
 # ---- torch integration ---------------------------------------------------------------------------------------
 
 def test_ops_opcheck(gen):

@@ -8,6 +8,7 @@ build directory), else <repository>/build/libtmoe.so, else the system loader.
     import tmoe
     out = tmoe.fused_moe(x, w13, w2, topk_weights, topk_ids)
     out = tmoe.moe_layer(x, router_logits, w13, w2, top_k=2, renormalize=True)
+    tmoe.plan(tmoe.moe_layer, x, router_logits, w13, w2, top_k=2)  # what it would launch
 
 `import tmoe.torch_ops` registers torch.ops.tmoe.fused_moe and
 torch.ops.tmoe.moe_layer for torch.compile and CUDA graphs; importing tmoe
@@ -15,11 +16,12 @@ after torch does so too.
 """
 import sys
 
-from ._api import Context, build_info, device_count, fused_moe, get_context, moe_layer, version
+from ._api import Context, Plan, build_info, device_count, fused_moe, get_context, moe_layer, plan, version
 from ._capi import Error, Status
 
 __all__ = [
-    "Context", "Error", "Status", "build_info", "device_count", "fused_moe", "get_context", "moe_layer", "version",
+    "Context", "Error", "Plan", "Status", "build_info", "device_count", "fused_moe", "get_context", "moe_layer", "plan",
+    "version",
 ]
 
 # Registering the ops needs torch; only do it here when torch is loaded anyway,

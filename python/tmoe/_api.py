@@ -1,5 +1,7 @@
 """Contexts and the layer entry points over the C ABI."""
+import collections
 import ctypes
+import functools
 import operator
 import sys
 import threading
@@ -88,6 +90,15 @@ class Context:
         with self._lock:
             _capi.check(self._lib.tmoe_moe_forward(self._live(), ctypes.byref(args)))
 
+    def plan(self, args):
+        """What the forward of `args` would launch, as a Plan (nothing runs)."""
+        launches = ctypes.c_int32()
+        description = ctypes.create_string_buffer(4096)
+        with self._lock:
+            _capi.check(self._lib.tmoe_moe_plan(self._live(), ctypes.byref(args), ctypes.byref(launches), description,
+                                                len(description)))
+        return Plan(launches.value, description.value.decode())
+
     def close(self):
         with self._lock:
             if self._handle is not None:
@@ -109,6 +120,10 @@ class Context:
             return "<tmoe.Context closed>"
         return f"<tmoe.Context {self.backend_name} {self.device_name!r}>"
 
+
+# launches: kernel launches of one forward (0 on the CPU); description: the path, its
+# tiles, whether a tuned table or the heuristic chose them, and every kernel variant.
+Plan = collections.namedtuple("Plan", ["launches", "description"])
 
 _contexts = {}
 _contexts_lock = threading.Lock()
@@ -134,13 +149,50 @@ def _allocate_out(x):
     raise invalid(f"out: required when x is a {type(x).__name__} (outputs are allocated only for torch and numpy)")
 
 
-def _run(args, tensors, out, backend, stream, trust_routing_values):
-    """Describes `tensors` (Python name -> (object or None, struct, field)) into `args` and runs the layer."""
+class _Call:
+    """One layer call before it runs: `tensors` (Python name -> (object or None, struct, field)) go into `args`."""
+
+    def __init__(self, args, tensors, out, backend, stream, trust_routing_values):
+        self.args, self.tensors, self.out, self.backend = args, tensors, out, backend
+        self.stream, self.trust_routing_values = stream, trust_routing_values
+
+    def device(self):
+        """Where x lives, checked against the backend asked for."""
+        device = _tensors.device_of("x", self.tensors["x"][0])
+        if _backend(self.backend) != Backend.AUTO and self.backend != device.kind:
+            raise invalid(f"x: is in {device} memory, but backend={self.backend!r} needs "
+                          f"{'host' if self.backend == 'cpu' else 'GPU'} memory")
+        return device
+
+
+def _plan(call):
+    device = call.device()
+    out = call.out if call.out is not None else _allocate_out(call.tensors["x"][0])
+    views = _describe(call.args, call.tensors, out, device, _tensors.dlpack_stream(device, None))
+    plan = get_context(device.kind, device.index).plan(call.args)
+    del views  # the exports had to live until the library had read the descriptors
+    return plan
+
+
+def _describe(args, tensors, out, device, dl_stream):
+    """Exports every tensor and sets its descriptor in `args`; returns the exports, to be held during the call."""
+    views = []
+    for name, (obj, struct, field) in [*tensors.items(), ("out", (out, args, "out"))]:
+        if obj is None:
+            continue
+        view = _tensors.view(name, obj, dl_stream)
+        if view.device != device:
+            raise invalid(f"{name}: is on {view.device}, expected {device} like x")
+        setattr(struct, field, view.desc)
+        views.append(view)
+    return views
+
+
+def _run(call):
+    args, tensors, out = call.args, call.tensors, call.out
+    stream, trust_routing_values = call.stream, call.trust_routing_values
     x = tensors["x"][0]
-    device = _tensors.device_of("x", x)
-    if _backend(backend) != Backend.AUTO and backend != device.kind:
-        raise invalid(f"x: is in {device} memory, but backend={backend!r} needs "
-                      f"{'host' if backend == 'cpu' else 'GPU'} memory")
+    device = call.device()
     torch_gpu = device.kind == "gpu" and _tensors.is_torch(x)
     if torch_gpu:
         torch = sys.modules["torch"]
@@ -153,15 +205,7 @@ def _run(args, tensors, out, backend, stream, trust_routing_values):
     if out is None:
         out = _allocate_out(x)
 
-    views = []  # hold every export until the call returns
-    for name, (obj, struct, field) in [*tensors.items(), ("out", (out, args, "out"))]:
-        if obj is None:
-            continue
-        view = _tensors.view(name, obj, dl_stream)
-        if view.device != device:
-            raise invalid(f"{name}: is on {view.device}, expected {device} like x")
-        setattr(struct, field, view.desc)
-        views.append(view)
+    views = _describe(args, tensors, out, device, dl_stream)  # held until the call returns
     if views[-1].read_only:
         raise invalid("out: the export is read-only")
     args.stream = stream or None
@@ -187,8 +231,17 @@ def _run(args, tensors, out, backend, stream, trust_routing_values):
     return out
 
 
-def fused_moe(x, w13, w2, topk_weights, topk_ids, *, out=None, shared_w13=None, shared_w2=None, backend="auto",
-              trust_routing_values=False, stream=None):
+def _entry_point(name, call):
+    """The public function `name`: runs what `call` (same signature and docstring) describes."""
+    @functools.wraps(call)
+    def run(*args, **kwargs):
+        return _run(call(*args, **kwargs))
+    run.__name__ = run.__qualname__ = name
+    return run
+
+
+def _fused_moe_call(x, w13, w2, topk_weights, topk_ids, *, out=None, shared_w13=None, shared_w2=None,
+                    backend="auto", trust_routing_values=False, stream=None):
     """The experts of an MoE layer for given routing, as vLLM's fused_experts.
 
     x [T,H]; w13 [E,2I,H] (gate rows, then up rows); w2 [E,H,I]; topk_weights
@@ -216,12 +269,12 @@ def fused_moe(x, w13, w2, topk_weights, topk_ids, *, out=None, shared_w13=None, 
     for name in ("topk_weights", "topk_ids"):
         if tensors[name][0] is None:
             raise invalid(f"{name}: required")
-    return _run(args, tensors, out, backend, stream, trust_routing_values)
+    return _Call(args, tensors, out, backend, stream, trust_routing_values)
 
 
-def moe_layer(x, router_logits, w13, w2, *, top_k, routing="softmax_topk", renormalize=False, n_group=1,
-              topk_group=1, routed_scaling_factor=1.0, correction_bias=None, shared_w13=None, shared_w2=None,
-              out=None, backend="auto", stream=None):
+def _moe_layer_call(x, router_logits, w13, w2, *, top_k, routing="softmax_topk", renormalize=False, n_group=1,
+                    topk_group=1, routed_scaling_factor=1.0, correction_bias=None, shared_w13=None, shared_w2=None,
+                    out=None, backend="auto", stream=None):
     """The whole MoE layer from router logits [T,E] (float32, bfloat16 or float16).
 
     routing: "softmax_topk" (renormalize optional; Mixtral, Qwen3), "topk_softmax"
@@ -249,4 +302,20 @@ def moe_layer(x, router_logits, w13, w2, *, top_k, routing="softmax_topk", renor
         "shared_w13": (shared_w13, args, "shared_w13"),
         "shared_w2": (shared_w2, args, "shared_w2"),
     }
-    return _run(args, tensors, out, backend, stream, False)
+    return _Call(args, tensors, out, backend, stream, False)
+
+
+fused_moe = _entry_point("fused_moe", _fused_moe_call)
+moe_layer = _entry_point("moe_layer", _moe_layer_call)
+_CALLS = {fused_moe: _fused_moe_call, moe_layer: _moe_layer_call}
+
+
+def plan(fn, *args, **kwargs):
+    """What tmoe.fused_moe or tmoe.moe_layer would launch for these arguments, as a
+    Plan(launches, description); nothing runs and out is not written.
+
+        tmoe.plan(tmoe.moe_layer, x, logits, w13, w2, top_k=8, renormalize=True)
+    """
+    if fn not in _CALLS:
+        raise invalid("fn: expected tmoe.fused_moe or tmoe.moe_layer")
+    return _plan(_CALLS[fn](*args, **kwargs))

@@ -121,6 +121,8 @@ _PROTOTYPES = {
     "tmoe_context_device_name": (ctypes.c_char_p, [_context]),
     "tmoe_moe_workspace_size": (_enum, [_context, ctypes.POINTER(MoeArgs), ctypes.POINTER(ctypes.c_size_t)]),
     "tmoe_moe_forward": (_enum, [_context, ctypes.POINTER(MoeArgs)]),
+    "tmoe_moe_plan": (_enum, [_context, ctypes.POINTER(MoeArgs), ctypes.POINTER(ctypes.c_int32), ctypes.c_char_p,
+                              ctypes.c_size_t]),
 }
 
 _lib = None
