@@ -24,7 +24,7 @@ class GpuBenchDevice final : public BenchDevice {
  public:
   explicit GpuBenchDevice(int index) {
     check(gpu::Device::open(index, &device_));
-    check(device_->make_current());
+    check(device_->make_current(&current_));  // for the copies below, until the bench ends
     check(gpu::Stream::create(device_, &stream_));
   }
 
@@ -81,6 +81,7 @@ class GpuBenchDevice final : public BenchDevice {
   static gpu::DevicePtr address(const void* p) { return reinterpret_cast<uintptr_t>(p); }
 
   std::shared_ptr<gpu::Device> device_;
+  gpu::ScopedCurrent current_;  // declared after device_: puts the caller's back before the device goes
   gpu::Stream stream_;
   std::map<void*, gpu::DeviceBuffer> buffers_;
   gpu::DeviceBuffer flush_;

@@ -48,6 +48,9 @@ class BackendHarness {
   explicit BackendHarness(const std::string& backend) : context_(backend_from_name(backend)) {
     if (backend == "gpu") {
       expect_ok(gpu::Device::open(0, &device_));
+      // The test is the application: its own copies below need the device current
+      // (library calls put back whatever they find).
+      expect_ok(device_->make_current(&current_));
       expect_ok(gpu::Stream::create(device_, &stream_));
     }
   }
@@ -110,7 +113,8 @@ class BackendHarness {
   tmoe::Context context_;
   std::vector<std::unique_ptr<uint8_t[], AlignedDelete>> buffers_;
   std::shared_ptr<gpu::Device> device_;
-  gpu::Stream stream_;  // declared after device_: destroyed before it
+  gpu::ScopedCurrent current_;  // declared after device_: destroyed before it
+  gpu::Stream stream_;
   std::vector<gpu::DeviceBuffer> device_buffers_;
 };
 

@@ -177,7 +177,8 @@ class GpuForwardFakeTest : public ::testing::TestWithParam<Api> {
     return reinterpret_cast<void*>(static_cast<uintptr_t>(buffers_.back().address()));
   }
   void upload(void* device, const void* host, size_t bytes) {
-    ASSERT_OK(device_->make_current());
+    ScopedCurrent current;
+    ASSERT_OK(device_->make_current(&current));
     ASSERT_OK(device_->driver().copy_to_device(address(device), host, bytes));
   }
 
@@ -664,6 +665,50 @@ TEST_P(GpuForwardFakeTest, RoutedFromLogitsWithSharedExpertLaunchesTheDocumented
   ASSERT_EQ(forward(l), TMOE_SUCCESS) << tmoe_last_error();
   EXPECT_EQ(fake().stats().load_calls, 0);
   check_launches(l, expected);
+}
+
+// A library call leaves the caller's current context (CUDA) or device (HIP) as it
+// found it: PyTorch, for one, reads its current device from there.
+TEST_P(GpuForwardFakeTest, PutsBackWhatTheCallerHadCurrent) {
+  OPEN_CONTEXT_OR_RETURN();
+  env_.set("FAKE_GPU_COUNT", "2");
+  int callers_context = 0;  // a context handle of the caller's own (the fake does not look inside)
+  // Sets the caller's state through the fake's driver API, as a caller would.
+  auto make_callers_current = [&] {
+    if (cuda()) {
+      auto set = reinterpret_cast<int (*)(void*)>(dlsym(fake().library, "cuCtxSetCurrent"));
+      ASSERT_EQ(set(&callers_context), 0);
+    } else {
+      auto set = reinterpret_cast<int (*)(int)>(dlsym(fake().library, "hipSetDevice"));
+      ASSERT_EQ(set(1), 0);
+    }
+  };
+  auto expect_callers_current = [&](const char* after) {
+    if (cuda()) {
+      void* context = nullptr;
+      auto get = reinterpret_cast<int (*)(void**)>(dlsym(fake().library, "cuCtxGetCurrent"));
+      ASSERT_EQ(get(&context), 0);
+      EXPECT_EQ(context, &callers_context) << "after " << after;
+    } else {
+      int device = -1;
+      auto get = reinterpret_cast<int (*)(int*)>(dlsym(fake().library, "hipGetDevice"));
+      ASSERT_EQ(get(&device), 0);
+      EXPECT_EQ(device, 1) << "after " << after;
+    }
+  };
+  Layer l = make_layer(kMain);
+  ASSERT_NO_FATAL_FAILURE(make_callers_current());
+  // The first forward loads modules and grows the internal workspace; the second only launches.
+  ASSERT_EQ(forward(l), TMOE_SUCCESS) << tmoe_last_error();
+  expect_callers_current("the first forward");
+  ASSERT_EQ(forward(l), TMOE_SUCCESS) << tmoe_last_error();
+  expect_callers_current("a forward");
+  tmoe_context other = nullptr;
+  ASSERT_EQ(tmoe_context_create(TMOE_BACKEND_GPU, 0, &other), TMOE_SUCCESS) << tmoe_last_error();
+  expect_callers_current("tmoe_context_create");
+  ASSERT_EQ(tmoe_moe_forward(other, &l.args), TMOE_SUCCESS) << tmoe_last_error();
+  ASSERT_EQ(tmoe_context_destroy(other), TMOE_SUCCESS);
+  expect_callers_current("tmoe_context_destroy");
 }
 
 TEST_P(GpuForwardFakeTest, SingleExpertWithoutSharedExpertWritesOutDirectly) {

@@ -537,7 +537,8 @@ TEST_P(GpuRuntimeTest, MemoryEventsStreamsAndGraphCapture) {
 TEST_P(GpuRuntimeTest, DriverErrorsNameTheCallAndTheError) {
   const char not_elf[] = "this is not a kernel image";
   ModuleHandle module = nullptr;
-  ASSERT_OK(device_->make_current());
+  ScopedCurrent current;
+  ASSERT_OK(device_->make_current(&current));
   EXPECT_ERROR(driver_->load_module(not_elf, &module), TMOE_ERROR_DRIVER,
                cuda() ? "cuModuleLoadData: CUDA_ERROR_INVALID_IMAGE (device kernel image is invalid)"
                       : "hipModuleLoadData: hipErrorInvalidImage (device kernel image is invalid)");

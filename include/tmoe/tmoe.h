@@ -129,7 +129,9 @@ TMOE_API const char* tmoe_dtype_name(tmoe_dtype dtype);
 TMOE_API tmoe_status tmoe_device_count(tmoe_backend backend, int32_t* count);
 
 /* A context owns one backend on one device and whatever it caches (loaded GPU
- * modules, an internal workspace). It is not thread-safe: use one per thread. */
+ * modules, an internal workspace). It is not thread-safe: use one per thread.
+ * GPU: it works in the device's primary context, and every call leaves the
+ * calling thread's current context (CUDA) or device (HIP) as it found it. */
 TMOE_API tmoe_status tmoe_context_create(tmoe_backend backend, int32_t device, tmoe_context* ctx);
 TMOE_API tmoe_status tmoe_context_destroy(tmoe_context ctx);
 /* "cpu" or "gpu" (AUTO resolves at creation). */

@@ -39,6 +39,7 @@ struct CudaFunctions {
   CUresult (*cuDevicePrimaryCtxRetain)(void**, CUdevice);
   CUresult (*cuDevicePrimaryCtxRelease)(CUdevice);
   CUresult (*cuCtxSetCurrent)(void*);
+  CUresult (*cuCtxGetCurrent)(void**);
   CUresult (*cuModuleLoadData)(void**, const void*);
   CUresult (*cuModuleGetFunction)(void**, void*, const char*);
   CUresult (*cuModuleUnload)(void*);
@@ -79,6 +80,7 @@ Status load_functions(const SharedLibrary& lib, CudaFunctions* f) {
   TMOE_RETURN_IF_ERROR(lib.symbol(&f->cuDevicePrimaryCtxRetain, "cuDevicePrimaryCtxRetain"));
   TMOE_RETURN_IF_ERROR(lib.symbol(&f->cuDevicePrimaryCtxRelease, "cuDevicePrimaryCtxRelease_v2"));
   TMOE_RETURN_IF_ERROR(lib.symbol(&f->cuCtxSetCurrent, "cuCtxSetCurrent"));
+  TMOE_RETURN_IF_ERROR(lib.symbol(&f->cuCtxGetCurrent, "cuCtxGetCurrent"));
   TMOE_RETURN_IF_ERROR(lib.symbol(&f->cuModuleLoadData, "cuModuleLoadData"));
   TMOE_RETURN_IF_ERROR(lib.symbol(&f->cuModuleGetFunction, "cuModuleGetFunction"));
   TMOE_RETURN_IF_ERROR(lib.symbol(&f->cuModuleUnload, "cuModuleUnload"));
@@ -163,6 +165,10 @@ class CudaDriver final : public Driver {
 
   Status make_current(int, ContextHandle context) override {
     return check(f_.cuCtxSetCurrent(context), "cuCtxSetCurrent");
+  }
+  Status current(int* device, ContextHandle* context) override {
+    *device = -1;
+    return check(f_.cuCtxGetCurrent(context), "cuCtxGetCurrent");
   }
 
   Status load_module(const void* image, ModuleHandle* module) override {

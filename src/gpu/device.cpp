@@ -54,13 +54,27 @@ Device::~Device() {
 
 std::string Device::target() const { return std::string(api_name(api())) + ":" + arch_; }
 
-Status Device::make_current() const { return driver_->make_current(index_, context_); }
+Status Device::make_current(ScopedCurrent* scope) const {
+  if (scope->driver_ == nullptr) {
+    TMOE_RETURN_IF_ERROR(driver_->current(&scope->device_, &scope->context_));
+    scope->driver_ = driver_.get();
+  }
+  return driver_->make_current(index_, context_);
+}
+
+// ---- ScopedCurrent
+
+ScopedCurrent::~ScopedCurrent() {
+  // Best effort: a destructor cannot report an error.
+  if (driver_ != nullptr) (void)driver_->make_current(device_, context_);
+}
 
 // ---- DeviceBuffer
 
 Status DeviceBuffer::allocate(std::shared_ptr<const Device> device, size_t bytes, DeviceBuffer* buffer) {
   buffer->reset();
-  TMOE_RETURN_IF_ERROR(device->make_current());
+  ScopedCurrent current;
+  TMOE_RETURN_IF_ERROR(device->make_current(&current));
   DevicePtr address = 0;
   TMOE_RETURN_IF_ERROR(device->driver().allocate(bytes, &address));
   buffer->device_ = std::move(device);
@@ -87,7 +101,8 @@ DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& other) noexcept {
 }
 
 void DeviceBuffer::reset() {
-  if (address_ != 0 && device_->make_current().is_ok()) (void)device_->driver().release(address_);
+  ScopedCurrent current;
+  if (address_ != 0 && device_->make_current(&current).is_ok()) (void)device_->driver().release(address_);
   device_.reset();
   address_ = 0;
   bytes_ = 0;
@@ -97,7 +112,8 @@ void DeviceBuffer::reset() {
 
 Status Stream::create(std::shared_ptr<const Device> device, Stream* stream) {
   stream->reset();
-  TMOE_RETURN_IF_ERROR(device->make_current());
+  ScopedCurrent current;
+  TMOE_RETURN_IF_ERROR(device->make_current(&current));
   StreamHandle handle = nullptr;
   TMOE_RETURN_IF_ERROR(device->driver().create_stream(&handle));
   stream->device_ = std::move(device);
@@ -120,12 +136,14 @@ Stream& Stream::operator=(Stream&& other) noexcept {
 }
 
 Status Stream::synchronize() const {
-  TMOE_RETURN_IF_ERROR(device_->make_current());
+  ScopedCurrent current;
+  TMOE_RETURN_IF_ERROR(device_->make_current(&current));
   return device_->driver().synchronize_stream(handle_);
 }
 
 void Stream::reset() {
-  if (handle_ != nullptr && device_->make_current().is_ok()) (void)device_->driver().destroy_stream(handle_);
+  ScopedCurrent current;
+  if (handle_ != nullptr && device_->make_current(&current).is_ok()) (void)device_->driver().destroy_stream(handle_);
   device_.reset();
   handle_ = nullptr;
 }
@@ -134,7 +152,8 @@ void Stream::reset() {
 
 Status Event::create(std::shared_ptr<const Device> device, Event* event) {
   event->reset();
-  TMOE_RETURN_IF_ERROR(device->make_current());
+  ScopedCurrent current;
+  TMOE_RETURN_IF_ERROR(device->make_current(&current));
   EventHandle handle = nullptr;
   TMOE_RETURN_IF_ERROR(device->driver().create_event(&handle));
   event->device_ = std::move(device);
@@ -157,18 +176,21 @@ Event& Event::operator=(Event&& other) noexcept {
 }
 
 Status Event::record(StreamHandle stream) const {
-  TMOE_RETURN_IF_ERROR(device_->make_current());
+  ScopedCurrent current;
+  TMOE_RETURN_IF_ERROR(device_->make_current(&current));
   return device_->driver().record_event(handle_, stream);
 }
 
 Status Event::elapsed_ms_until(const Event& end, float* ms) const {
-  TMOE_RETURN_IF_ERROR(device_->make_current());
+  ScopedCurrent current;
+  TMOE_RETURN_IF_ERROR(device_->make_current(&current));
   TMOE_RETURN_IF_ERROR(device_->driver().synchronize_event(end.handle_));
   return device_->driver().elapsed_ms(handle_, end.handle_, ms);
 }
 
 void Event::reset() {
-  if (handle_ != nullptr && device_->make_current().is_ok()) (void)device_->driver().destroy_event(handle_);
+  ScopedCurrent current;
+  if (handle_ != nullptr && device_->make_current(&current).is_ok()) (void)device_->driver().destroy_event(handle_);
   device_.reset();
   handle_ = nullptr;
 }
@@ -176,18 +198,22 @@ void Event::reset() {
 // ---- Graph
 
 Status Graph::begin(const Device& device, StreamHandle stream) {
-  TMOE_RETURN_IF_ERROR(device.make_current());
+  ScopedCurrent current;
+  TMOE_RETURN_IF_ERROR(device.make_current(&current));
   return device.driver().begin_capture(stream);
 }
 
 Status Graph::finish(std::shared_ptr<const Device> device, StreamHandle stream, Status enqueued, Graph* graph) {
   graph->reset();
+  ScopedCurrent current;
+  const Status made_current = device->make_current(&current);
   Driver& driver = device->driver();
   GraphHandle captured = nullptr;
   Status ended = driver.end_capture(stream, &captured);
   graph->device_ = std::move(device);
   graph->graph_ = captured;
   TMOE_RETURN_IF_ERROR(enqueued);
+  TMOE_RETURN_IF_ERROR(made_current);
   TMOE_RETURN_IF_ERROR(ended);
   return driver.instantiate_graph(graph->graph_, &graph->exec_);
 }
@@ -211,12 +237,14 @@ Graph& Graph::operator=(Graph&& other) noexcept {
 
 Status Graph::launch(StreamHandle stream) const {
   if (exec_ == nullptr) return Status::invalid("graph: nothing was captured and instantiated");
-  TMOE_RETURN_IF_ERROR(device_->make_current());
+  ScopedCurrent current;
+  TMOE_RETURN_IF_ERROR(device_->make_current(&current));
   return device_->driver().launch_graph(exec_, stream);
 }
 
 void Graph::reset() {
-  if (device_ && device_->make_current().is_ok()) {
+  ScopedCurrent current;
+  if (device_ && device_->make_current(&current).is_ok()) {
     if (exec_ != nullptr) (void)device_->driver().destroy_graph_exec(exec_);
     if (graph_ != nullptr) (void)device_->driver().destroy_graph(graph_);
   }

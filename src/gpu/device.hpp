@@ -32,8 +32,9 @@ class Device {
   int max_shared_per_block() const { return max_shared_per_block_; }
 
   // Every call that touches the device's memory, modules or streams needs it
-  // current on the calling thread; cheap enough to do before each.
-  Status make_current() const;
+  // current on the calling thread; cheap enough to do before each. `scope` puts
+  // back what the caller had current when it goes out of scope.
+  Status make_current(class ScopedCurrent* scope) const;
 
  private:
   Device(std::shared_ptr<Driver> driver, int index) : driver_(std::move(driver)), index_(index) {}
@@ -46,6 +47,23 @@ class Device {
   std::string arch_;
   int multiprocessors_ = 0;
   int max_shared_per_block_ = 0;
+};
+
+// What the calling thread had current before Device::make_current, put back on
+// destruction: a library call must not leave the caller on another context or
+// device (PyTorch, for one, reads its current device from it).
+class ScopedCurrent {
+ public:
+  ScopedCurrent() = default;
+  ~ScopedCurrent();
+  ScopedCurrent(const ScopedCurrent&) = delete;
+  ScopedCurrent& operator=(const ScopedCurrent&) = delete;
+
+ private:
+  friend class Device;
+  Driver* driver_ = nullptr;  // null: nothing to put back
+  int device_ = -1;
+  ContextHandle context_ = nullptr;
 };
 
 // Device memory, freed on destruction.

@@ -65,6 +65,9 @@ class Driver {
   virtual Status release_context(int device) = 0;
   // cuCtxSetCurrent / hipSetDevice on the calling thread.
   virtual Status make_current(int device, ContextHandle context) = 0;
+  // What the calling thread has current, for make_current to put back: its context
+  // (cuCtxGetCurrent, null when none) or its device (hipGetDevice).
+  virtual Status current(int* device, ContextHandle* context) = 0;
 
   // `image` is a complete cubin / hsaco; the driver reads its length from it.
   virtual Status load_module(const void* image, ModuleHandle* module) = 0;

@@ -180,7 +180,8 @@ class GpuBackend final : public gpu::TunableBackend {
   Status run(const MoeProblem& p, const ExecContext& exec, const gpu::KernelChoice* forced) {
     Plan plan;
     TMOE_RETURN_IF_ERROR(make_plan(p, forced, &plan));
-    TMOE_RETURN_IF_ERROR(device_->make_current());
+    gpu::ScopedCurrent current;
+    TMOE_RETURN_IF_ERROR(device_->make_current(&current));
     uint8_t* ws = nullptr;
     if (exec.workspace != nullptr) {
       if (exec.workspace_bytes < plan.ws.total) {

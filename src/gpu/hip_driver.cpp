@@ -39,6 +39,7 @@ struct HipFunctions {
   hipError_t (*hipGetDeviceCount)(int*);
   hipError_t (*hipGetDevicePropertiesR0600)(void*, int);
   hipError_t (*hipSetDevice)(int);
+  hipError_t (*hipGetDevice)(int*);
   hipError_t (*hipModuleLoadData)(void**, const void*);
   hipError_t (*hipModuleGetFunction)(void**, void*, const char*);
   hipError_t (*hipModuleUnload)(void*);
@@ -75,6 +76,7 @@ Status load_functions(const SharedLibrary& lib, HipFunctions* f) {
   TMOE_RETURN_IF_ERROR(lib.symbol(&f->hipGetDeviceCount, "hipGetDeviceCount"));
   TMOE_RETURN_IF_ERROR(lib.symbol(&f->hipGetDevicePropertiesR0600, "hipGetDevicePropertiesR0600"));
   TMOE_RETURN_IF_ERROR(lib.symbol(&f->hipSetDevice, "hipSetDevice"));
+  TMOE_RETURN_IF_ERROR(lib.symbol(&f->hipGetDevice, "hipGetDevice"));
   TMOE_RETURN_IF_ERROR(lib.symbol(&f->hipModuleLoadData, "hipModuleLoadData"));
   TMOE_RETURN_IF_ERROR(lib.symbol(&f->hipModuleGetFunction, "hipModuleGetFunction"));
   TMOE_RETURN_IF_ERROR(lib.symbol(&f->hipModuleUnload, "hipModuleUnload"));
@@ -164,6 +166,10 @@ class HipDriver final : public Driver {
   Status release_context(int) override { return Status::ok(); }
 
   Status make_current(int device, ContextHandle) override { return check(f_.hipSetDevice(device), "hipSetDevice"); }
+  Status current(int* device, ContextHandle* context) override {
+    *context = nullptr;
+    return check(f_.hipGetDevice(device), "hipGetDevice");
+  }
 
   Status load_module(const void* image, ModuleHandle* module) override {
     return check(f_.hipModuleLoadData(module, image), "hipModuleLoadData");

@@ -291,7 +291,8 @@ Status Launcher::launch(const KernelEntry& entry, Dim3 grid, const ArgMap& args,
   const Module* module = nullptr;
   TMOE_RETURN_IF_ERROR(modules_.get(entry, &module));
   if (log_enabled()) std::fprintf(stderr, "tmoe: launch %s\n", config.describe().c_str());
-  TMOE_RETURN_IF_ERROR(device().make_current());
+  ScopedCurrent current;
+  TMOE_RETURN_IF_ERROR(device().make_current(&current));
   Status launched = device().driver().launch(module->function(), config.grid, config.block, config.shared_bytes,
                                              stream, params.data());
   if (!launched.is_ok()) return Status(launched.code(), launched.message() + " [" + config.describe() + "]");

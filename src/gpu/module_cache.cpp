@@ -27,7 +27,8 @@ Status Module::load(std::shared_ptr<const Device> device, const Bundle& bundle, 
                                " bytes of shared memory per block; " + device->name() + " allows " +
                                std::to_string(device->max_shared_per_block()));
   }
-  TMOE_RETURN_IF_ERROR(device->make_current());
+  ScopedCurrent current;
+  TMOE_RETURN_IF_ERROR(device->make_current(&current));
   std::unique_ptr<Module> loaded(new Module(device, entry));
   Driver& driver = device->driver();
   TMOE_RETURN_IF_ERROR(with_context(driver.load_module(bundle.image(entry).data(), &loaded->handle_), entry));
@@ -43,7 +44,8 @@ Status Module::load(std::shared_ptr<const Device> device, const Bundle& bundle, 
 
 Module::~Module() {
   // Errors cannot be reported from a destructor; the unload is best effort.
-  if (handle_ != nullptr && device_->make_current().is_ok()) (void)device_->driver().unload_module(handle_);
+  ScopedCurrent current;
+  if (handle_ != nullptr && device_->make_current(&current).is_ok()) (void)device_->driver().unload_module(handle_);
 }
 
 ModuleCache::ModuleCache(std::shared_ptr<const Device> device, const Bundle& bundle)

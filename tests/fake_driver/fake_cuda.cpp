@@ -117,6 +117,11 @@ FAKE_EXPORT CUresult cuCtxSetCurrent(void* context) {
   return fake::kSuccess;
 }
 
+FAKE_EXPORT CUresult cuCtxGetCurrent(void** context) {
+  *context = current_context;
+  return fake::kSuccess;
+}
+
 FAKE_EXPORT CUresult cuModuleLoadData(void** module, const void* image) {
   if (CUresult r = needs_context()) return r;
   return fake::load_module(image, module);

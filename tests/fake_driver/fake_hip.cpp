@@ -18,6 +18,7 @@ constexpr size_t kGcnArchNameOffset = 1160;
 constexpr size_t kPropsSize = 1472;
 
 bool initialised = false;
+thread_local int current_device = 0;  // as HIP: device 0 until a thread sets another
 
 void* as_pointer(const void* p) { return const_cast<void*>(p); }
 
@@ -83,7 +84,14 @@ FAKE_EXPORT hipError_t hipGetDevicePropertiesR0600(void* props, int device) {
 }
 
 FAKE_EXPORT hipError_t hipSetDevice(int device) {
-  return fake::valid_device(device) ? fake::kSuccess : fake::kInvalidDevice;
+  if (!fake::valid_device(device)) return fake::kInvalidDevice;
+  current_device = device;
+  return fake::kSuccess;
+}
+
+FAKE_EXPORT hipError_t hipGetDevice(int* device) {
+  *device = current_device;
+  return fake::kSuccess;
 }
 
 FAKE_EXPORT hipError_t hipModuleLoadData(void** module, const void* image) { return fake::load_module(image, module); }

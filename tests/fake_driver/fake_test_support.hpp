@@ -63,6 +63,7 @@ struct FakeDriver {
   fake_gpu_set_function_arg_sizes_fn set_function_arg_sizes;
   fake_gpu_shared_optin_fn shared_optin;
   fake_gpu_set_load_delay_ms_fn set_load_delay_ms;
+  void* library;  // for the fake's driver API itself (dlsym), as a caller would use it
 
   fake_gpu_stats stats() const {
     fake_gpu_stats s{};
@@ -94,6 +95,7 @@ struct FakeDriver {
         reinterpret_cast<fake_gpu_set_function_arg_sizes_fn>(dlsym(handle, "fake_gpu_set_function_arg_sizes"));
     f.shared_optin = reinterpret_cast<fake_gpu_shared_optin_fn>(dlsym(handle, "fake_gpu_shared_optin"));
     f.set_load_delay_ms = reinterpret_cast<fake_gpu_set_load_delay_ms_fn>(dlsym(handle, "fake_gpu_set_load_delay_ms"));
+    f.library = handle;
     return f;
   }
 };
