@@ -235,8 +235,9 @@ def test_plan_describes_without_running(rng):
     # The same checks as a call: bad arguments are named, an unknown function is refused.
     with pytest.raises(tmoe.Error, match=r"topk_weights: expected shape \[T=5, k=1\], got \[5, 2\]"):
         tmoe.plan(tmoe.fused_moe, x, w13, w2, weights, ids[:, :1].copy())
-    with pytest.raises(tmoe.Error, match="fn: expected tmoe.fused_moe or tmoe.moe_layer"):
-        tmoe.plan(print, x)
+    for not_an_entry_point in (print, [tmoe.fused_moe]):
+        with pytest.raises(tmoe.Error, match="fn: expected tmoe.fused_moe or tmoe.moe_layer, got "):
+            tmoe.plan(not_an_entry_point, x)
     assert tmoe.fused_moe.__name__ == "fused_moe" and "vLLM" in tmoe.fused_moe.__doc__
 
 

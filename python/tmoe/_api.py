@@ -1,5 +1,6 @@
 """Contexts and the layer entry points over the C ABI."""
 import collections
+import collections.abc
 import ctypes
 import functools
 import operator
@@ -316,6 +317,7 @@ def plan(fn, *args, **kwargs):
 
         tmoe.plan(tmoe.moe_layer, x, logits, w13, w2, top_k=8, renormalize=True)
     """
-    if fn not in _CALLS:
-        raise invalid("fn: expected tmoe.fused_moe or tmoe.moe_layer")
-    return _plan(_CALLS[fn](*args, **kwargs))
+    call = _CALLS.get(fn) if isinstance(fn, collections.abc.Hashable) else None
+    if call is None:
+        raise invalid(f"fn: expected tmoe.fused_moe or tmoe.moe_layer, got {fn!r}")
+    return _plan(call(*args, **kwargs))
