@@ -56,8 +56,14 @@ std::string Device::target() const { return std::string(api_name(api())) + ":" +
 
 Status Device::make_current(ScopedCurrent* scope) const {
   if (scope->driver_ == nullptr) {
-    TMOE_RETURN_IF_ERROR(driver_->current(&scope->device_, &scope->context_));
+    int device = -1;
+    ContextHandle context = nullptr;
+    TMOE_RETURN_IF_ERROR(driver_->current(&device, &context));
+    // Already current (a launch inside a forward): nothing to set, nothing to put back.
+    if (device == index_ || (context != nullptr && context == context_)) return Status::ok();
     scope->driver_ = driver_.get();
+    scope->device_ = device;
+    scope->context_ = context;
   }
   return driver_->make_current(index_, context_);
 }
