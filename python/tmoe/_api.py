@@ -169,10 +169,8 @@ class _Call:
 def _plan(call):
     device = call.device()
     out = call.out if call.out is not None else _allocate_out(call.tensors["x"][0])
-    views = _describe(call.args, call.tensors, out, device, _tensors.dlpack_stream(device, None))
-    plan = get_context(device.kind, device.index).plan(call.args)
-    del views  # the exports had to live until the library had read the descriptors
-    return plan
+    views = _describe(call.args, call.tensors, out, device, _tensors.dlpack_stream(device, None))  # noqa: F841
+    return get_context(device.kind, device.index).plan(call.args)  # while views holds the exports
 
 
 def _describe(args, tensors, out, device, dl_stream):
