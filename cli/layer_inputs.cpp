@@ -47,7 +47,7 @@ tmoe_dtype parse_dtype(const std::string& s) {
   throw std::runtime_error("--dtype: expected bf16, f16 or f32, got '" + s + "'");
 }
 
-// Rounding of inputs and outputs to the storage format dominates; accumulation is f32 everywhere.
+// Rounding to the storage format (inputs, intermediates, output) dominates; dot products accumulate in f32.
 double error_bound(tmoe_dtype dtype) {
   switch (dtype) {
     case TMOE_DTYPE_BF16: return 1e-2;

@@ -5,8 +5,8 @@ y has y_rows_per_token rows per token: the routed down GEMM writes slot t*top_k 
 to row t*y_rows_per_token + j, and the shared expert, run as a dense problem
 (ROUTED false, weight 1), writes row t*y_rows_per_token + y_first_row. combine then
 sums every row of a token in one pass over out: deterministic, no atomics.
-y is f32 (tmoe.h: accumulation is f32 everywhere); with one row per token and no
-shared expert, down may instead write out directly (y typed as the activations).
+y is typed as the activations (each expert's output rounded once; the sum is f32),
+so with one row per token and no shared expert, down writes out itself.
 """
 import triton
 import triton.language as tl

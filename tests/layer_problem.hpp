@@ -75,8 +75,9 @@ inline void PrintTo(const LayerCase& c, std::ostream* os) { *os << case_name(c);
 // Relative L2 bounds against the float64 reference. Both sides read the same
 // stored inputs, so what separates them is:
 //  bf16: rounding of the output to 8 significant bits (unit roundoff 2^-9 =
-//        2e-3 per element, ~1e-3 in L2), and of the SwiGLU intermediate where a
-//        GPU pipeline stores it in bf16; 1e-2 leaves room for both;
+//        2e-3 per element, ~1e-3 in L2), and of the SwiGLU intermediate and
+//        each expert's output where a GPU pipeline stores them in bf16; 1e-2
+//        leaves room for all three;
 //  f16:  the same with 11 bits (2^-12 = 2.4e-4 per element); 2e-3;
 //  f32:  no storage rounding; f32 accumulation over H or I terms gives ~1e-7
 //        to 1e-6 relative; 1e-5.

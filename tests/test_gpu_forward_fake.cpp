@@ -263,11 +263,11 @@ class GpuForwardFakeTest : public ::testing::TestWithParam<Api> {
   }
 
   // The heuristic's routed gate_up and down variants for BLOCK_M m, as variant_names() lists them.
-  std::string routed(const std::string& act, int64_t m, const std::string& down_mode) const {
+  std::string routed(const std::string& act, int64_t m) const {
     const auto [g, d] = heuristic_tiles(m);
     const std::string block = "_m" + std::to_string(m);
-    return "gate_up_swiglu/" + act + "_routed" + block + "_t" + std::to_string(g) + "_div16 down/" + act + "_" +
-           down_mode + block + "_t" + std::to_string(d) + "_div16";
+    return "gate_up_swiglu/" + act + "_routed" + block + "_t" + std::to_string(g) + "_div16 down/" + act + "_routed" +
+           block + "_t" + std::to_string(d) + "_div16";
   }
 
   // docs/kernels.md, "Launch order", "Variants and how to pick one", "Workspace"
@@ -389,7 +389,7 @@ class GpuForwardFakeTest : public ::testing::TestWithParam<Api> {
     const int64_t rule_m = block_m_rule(S / std::min(c.E, S), hinted);
     const auto [gate_up_tile, down_tile] = heuristic_tiles(rule_m);
     const KernelEntry* gate_up = entry("gate_up_swiglu", gemm("routed", rule_m, hinted, gate_up_tile));
-    const KernelEntry* down = entry("down", gemm(direct ? "routed_direct" : "routed", rule_m, hinted, down_tile));
+    const KernelEntry* down = entry("down", gemm("routed", rule_m, hinted, down_tile));
     const int64_t block_m = constexpr_of(gate_up, "BLOCK_M");
     EXPECT_EQ(block_m, rule_m) << gate_up->describe();
     EXPECT_EQ(constexpr_of(down, "BLOCK_M"), block_m) << down->describe();
@@ -410,7 +410,7 @@ class GpuForwardFakeTest : public ::testing::TestWithParam<Api> {
     const Want sorted_slots = buffer("sorted_slots", capacity * 4);
     const Want block_expert = buffer("block_expert", capacity / block_m * 4);
     const Want h = buffer("h", capacity * c.I * es);
-    const Want y = direct ? ptr(l.out) : buffer("y", c.T * R * c.H * 4);
+    const Want y = direct ? ptr(l.out) : buffer("y", c.T * R * c.H * es);
     launches.push_back({align_count, chunks,
                         {{"topk_ids", ids},
                          {"chunk_counts", chunk_counts},
@@ -649,7 +649,7 @@ TEST_P(GpuForwardFakeTest, RoutedFromLogitsWithSharedExpertLaunchesTheDocumented
   // S = 34, 34 / min(8, 34) = 4 rows per expert -> BLOCK_M 16, capacity = round_up(34 + 8 * 15, 16) = 160;
   // the dense GEMMs take BLOCK_M 64 from T = 17.
   ASSERT_EQ(variant_names(expected),
-            "route/f32_e64 align_count/c256_e64 align_scatter/c256_e64 " + routed("bf16", 16, "routed") +
+            "route/f32_e64 align_count/c256_e64 align_scatter/c256_e64 " + routed("bf16", 16) +
                 " gate_up_swiglu/bf16_dense_m64_t0_div16 down/bf16_dense_m64_t0_div16 "
             "combine/bf16_div16");
   EXPECT_EQ(expected[1].args.at("capacity").value, 160u);
@@ -716,7 +716,7 @@ TEST_P(GpuForwardFakeTest, SingleExpertWithoutSharedExpertWritesOutDirectly) {
   Layer l = make_layer({"k1_direct", 17, 8, 1, 256, 128, 0});
   const std::vector<ExpectedLaunch> expected = expected_launches(l);
   ASSERT_EQ(variant_names(expected),
-            "route/f32_e64 align_count/c256_e64 align_scatter/c256_e64 " + routed("bf16", 16, "routed_direct"));
+            "route/f32_e64 align_count/c256_e64 align_scatter/c256_e64 " + routed("bf16", 16));
   EXPECT_EQ(expected[4].args.at("y").value, address(l.out));
   ASSERT_EQ(forward(l), TMOE_SUCCESS) << tmoe_last_error();
   check_launches(l, expected);  // no combine: 5 launches
@@ -775,7 +775,7 @@ TEST_P(GpuForwardFakeTest, VariantsFollowDtypesAlignmentAndShapes) {
   const Variation variations[] = {
       // f16 activations, bf16 logits: route by the logits' dtype, the rest by the activations'.
       {{"f16_bf16_logits", 17, 8, 2, 256, 128, 64, TMOE_DTYPE_F16, TMOE_DTYPE_BF16},
-       "route/bf16_e64 align_count/c256_e64 align_scatter/c256_e64 " + routed("f16", 16, "routed") +
+       "route/bf16_e64 align_count/c256_e64 align_scatter/c256_e64 " + routed("f16", 16) +
            " gate_up_swiglu/f16_dense_m64_t0_div16 down/f16_dense_m64_t0_div16 combine/f16_div16"},
       // x 2 bytes past 16-byte alignment: every GEMM unhinted; combine reads y and out only.
       {{"x_unaligned", 17, 8, 2, 256, 128, 64, TMOE_DTYPE_BF16, TMOE_DTYPE_F32, 2},
@@ -783,20 +783,20 @@ TEST_P(GpuForwardFakeTest, VariantsFollowDtypesAlignmentAndShapes) {
        "down/bf16_routed_m32_any gate_up_swiglu/bf16_dense_m32_any down/bf16_dense_m32_any combine/bf16_div16"},
       // Is = 40: only the shared expert's GEMMs lose the hint.
       {{"odd_shared_I", 17, 8, 2, 256, 128, 40},
-       "route/f32_e64 align_count/c256_e64 align_scatter/c256_e64 " + routed("bf16", 16, "routed") +
+       "route/f32_e64 align_count/c256_e64 align_scatter/c256_e64 " + routed("bf16", 16) +
            " gate_up_swiglu/bf16_dense_m32_any down/bf16_dense_m32_any combine/bf16_div16"},
       // E = 100: the 256-expert buckets; S = 1200, 12 rows per expert.
       {{"e100", 300, 100, 4, 64, 32, 0},
-       "route/f32_e256 align_count/c256_e256 align_scatter/c256_e256 " + routed("bf16", 16, "routed") +
+       "route/f32_e256 align_count/c256_e256 align_scatter/c256_e256 " + routed("bf16", 16) +
            " combine/bf16_div16"},
       // 500 rows per expert: BLOCK_M 128; dense BLOCK_M 128 from T = 2000.
       {{"prefill", 2000, 8, 2, 64, 32, 16},
-       "route/f32_e64 align_count/c256_e64 align_scatter/c256_e64 " + routed("bf16", 128, "routed") +
+       "route/f32_e64 align_count/c256_e64 align_scatter/c256_e64 " + routed("bf16", 128) +
            " gate_up_swiglu/bf16_dense_m128_t0_div16 down/bf16_dense_m128_t0_div16 "
        "combine/bf16_div16"},
       // S = 16400 > 16384: CHUNK 2048.
       {{"chunk2048", 8200, 8, 2, 32, 16, 0},
-       "route/f32_e64 align_count/c2048_e64 align_scatter/c2048_e64 " + routed("bf16", 128, "routed") +
+       "route/f32_e64 align_count/c2048_e64 align_scatter/c2048_e64 " + routed("bf16", 128) +
            " combine/bf16_div16"},
   };
   for (const Variation& v : variations) {
@@ -818,7 +818,7 @@ TEST_P(GpuForwardFakeTest, GivenIdsSkipRouteAndAreCheckedUnlessTrusted) {
   Layer l = make_layer(c);
   const std::vector<ExpectedLaunch> expected = expected_launches(l);
   ASSERT_EQ(variant_names(expected),
-            "align_count/c256_e64 align_scatter/c256_e64 " + routed("bf16", 16, "routed") +
+            "align_count/c256_e64 align_scatter/c256_e64 " + routed("bf16", 16) +
                 " gate_up_swiglu/bf16_dense_m64_t0_div16 down/bf16_dense_m64_t0_div16 "
             "combine/bf16_div16");
   ASSERT_EQ(forward(l), TMOE_SUCCESS) << tmoe_last_error();

@@ -156,7 +156,6 @@ TEST(TuningTableTest, EmbeddedTablesNameOnlyCompiledVariants) {
             const std::string m = "_m" + std::to_string(c.block_m);
             expect_variant("gate_up_swiglu", act + "_routed" + m + g + "_div16");
             expect_variant("down", act + "_routed" + m + d + "_div16");
-            expect_variant("down", act + "_routed_direct" + m + d + "_div16");
           }
         }
       }

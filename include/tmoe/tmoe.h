@@ -92,7 +92,11 @@ typedef enum tmoe_backend {
  * absent, topk_ids [T,k] i32 and topk_weights [T,k] f32; w13 [E,2I,H] with gate rows
  * first, then up rows; w2 [E,H,I]; optional shared_w13 [2Is,H], shared_w2 [H,Is];
  * out [T,H]. x, weights and out share one dtype: bf16 or f16 (f32 on the CPU).
- * Accumulation is f32 everywhere. T = 0 is valid and does nothing. */
+ * Every dot product accumulates in f32, and a token's expert outputs are summed in
+ * f32 in a fixed order (deterministic). The GPU backend stores the intermediates
+ * (silu(g) * u and each expert's weighted output) in the activation dtype, as the
+ * serving engines' kernels do; the CPU backend keeps them in f32.
+ * T = 0 is valid and does nothing. */
 typedef struct tmoe_moe_args {
   tmoe_tensor x;
   tmoe_tensor router_logits;

@@ -199,10 +199,10 @@ def moe_forward(launcher, x, w13, w2, block_m, logits=None, routing=None, ids=No
     capacity = al["sorted_slots"].numel()
 
     def gemm_variant(mode, block, *dims):
-        """The hinted variant of BLOCK_M block when the dims allow it, else the fallback. Routed
+        """The hinted variant of BLOCK_M block (tile t0) when the dims allow it, else the fallback. Routed
         GEMMs must match the alignment's block_m; a dense one (shared expert) picks freely."""
         if all(d % 16 == 0 for d in dims) and block != matrix.FALLBACK_BLOCK_M:
-            return f"{dtype}_{mode}_m{block}_div16", block
+            return f"{dtype}_{mode}_m{block}_t0_div16", block
         if mode == "dense" or block == matrix.FALLBACK_BLOCK_M:
             return f"{dtype}_{mode}_m{matrix.FALLBACK_BLOCK_M}_any", matrix.FALLBACK_BLOCK_M
         raise ValueError(f"H={H}, I={I}: not multiples of 16, align with block_m {matrix.FALLBACK_BLOCK_M}")
@@ -212,13 +212,13 @@ def moe_forward(launcher, x, w13, w2, block_m, logits=None, routing=None, ids=No
 
     rows_per_token = k + (shared is not None)
     out = poisoned((T, H), x.dtype)
-    y = out if rows_per_token == 1 else poisoned((T * rows_per_token, H), torch.float32)
+    y = out if rows_per_token == 1 else poisoned((T * rows_per_token, H), x.dtype)
     h = poisoned((capacity, I), x.dtype)
     v, _ = gemm_variant("routed", block_m, H, I)
     launcher.launch("gate_up_swiglu", v, capacity // block_m * n_blocks("gate_up_swiglu", v, I), x=x, w13=w13, h=h,
                     sorted_slots=al["sorted_slots"], block_expert=al["block_expert"], num_slots=slots, top_k=k, H=H,
                     I=I)
-    v, _ = gemm_variant("routed" if rows_per_token > 1 else "routed_direct", block_m, H, I)
+    v, _ = gemm_variant("routed", block_m, H, I)
     launcher.launch("down", v, capacity // block_m * n_blocks("down", v, H), h=h, w2=w2, y=y,
                     sorted_slots=al["sorted_slots"], block_expert=al["block_expert"], topk_weights=weights,
                     num_slots=slots, top_k=k, H=H, I=I, y_rows_per_token=rows_per_token, y_first_row=0)

@@ -159,11 +159,10 @@ class GpuBackend final : public gpu::TunableBackend {
                 tiles("decode_down_combine", decode_down_prefix(p), "").size());
     }
     if (!hints.routed) return {heuristic(p, hints)};
-    const std::string down_mode = p.k == 1 && !p.has_shared_expert() ? "_routed_direct" : "_routed";
     for (int block_m : {16, 64, 128}) {
       const std::string m = std::string("_m") + std::to_string(block_m);
       add_pairs(gpu::GemmPath::sorted, block_m, tiles("gate_up_swiglu", act + "_routed" + m, "_div16").size(),
-                tiles("down", act + down_mode + m, "_div16").size());
+                tiles("down", act + "_routed" + m, "_div16").size());
     }
     return all;
   }
@@ -378,7 +377,7 @@ class GpuBackend final : public gpu::TunableBackend {
     TMOE_RETURN_IF_ERROR(select("align_count", align_variant, &q.align_count));
     TMOE_RETURN_IF_ERROR(select("align_scatter", align_variant, &q.align_scatter));
     TMOE_RETURN_IF_ERROR(select("gate_up_swiglu", gemm_variant(act, "routed", block_m, q.choice.gate_up_tile), &q.gate_up));
-    TMOE_RETURN_IF_ERROR(select("down", gemm_variant(act, q.direct ? "routed_direct" : "routed", block_m, q.choice.down_tile), &q.down));
+    TMOE_RETURN_IF_ERROR(select("down", gemm_variant(act, "routed", block_m, q.choice.down_tile), &q.down));
     if (p.has_shared_expert()) {
       q.shared_block_m = hints.shared ? gemm_block_m(p.T) : kFallbackBlockM;
       TMOE_RETURN_IF_ERROR(select("gate_up_swiglu", gemm_variant(act, "dense", q.shared_block_m, 0), &q.shared_gate_up));
@@ -399,7 +398,7 @@ class GpuBackend final : public gpu::TunableBackend {
     w.block_expert = w.add(q.capacity / block_m * 4);
     w.h = w.add(static_cast<size_t>(q.capacity) * p.I * esize);
     if (p.has_shared_expert()) w.h_shared = w.add(static_cast<size_t>(p.T) * p.shared_I * esize);
-    if (!q.direct) w.y = w.add(static_cast<size_t>(p.T) * q.R * p.H * 4);
+    if (!q.direct) w.y = w.add(static_cast<size_t>(p.T) * q.R * p.H * esize);
     return Status::ok();
   }
 

@@ -172,11 +172,12 @@ def gate_up_variants():
 
 
 def down_variants():
-    # (mode, ROUTED, y dtype): "routed_direct" writes out itself (one row per token, no shared expert).
+    # y is typed as the activations, so with one row per token (k = 1, no shared
+    # expert) the routed variant writes out itself and combine is skipped.
     for dtype in ACTIVATION_DTYPES:
-        for mode, routed, y_dtype in (("routed", True, "f32"), ("dense", False, "f32"), ("routed_direct", True, dtype)):
+        for mode, routed in (("routed", True), ("dense", False)):
             a = pointer(dtype)
-            types = dict(h=a, w2=a, y=pointer(y_dtype), sorted_slots="*i32", block_expert="*i32", topk_weights="*fp32",
+            types = dict(h=a, w2=a, y=a, sorted_slots="*i32", block_expert="*i32", topk_weights="*fp32",
                          num_slots="i32", top_k="i32", H="i32", I="i32", y_rows_per_token="i32", y_first_row="i32")
             tiles = DOWN_TILES if routed else first_tile_only(DOWN_TILES)
             yield from gemm_variants("down", "down_combine", f"{dtype}_{mode}", dtype, types, routed, tiles)
@@ -184,7 +185,7 @@ def down_variants():
 
 def combine_variants():
     for dtype in ACTIVATION_DTYPES:
-        types = dict(y="*fp32", out=pointer(dtype), H="i32", rows_per_token="i32")
+        types = dict(y=pointer(dtype), out=pointer(dtype), H="i32", rows_per_token="i32")
         configs = same_on_all_backends(dict(BLOCK_H=COMBINE_BLOCK_H), 4, 1)
         yield Variant("combine", "down_combine", f"{dtype}_div16", dtype, types, configs, ("y", "out", "H"))
         yield Variant("combine", "down_combine", f"{dtype}_any", dtype, types, configs)
