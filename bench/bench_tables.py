@@ -23,9 +23,11 @@ def section(d):
     card = open(os.path.join(d, "card.txt")).read().strip() if os.path.exists(os.path.join(d, "card.txt")) else runs[0]["device"]
     tokens = ",".join(str(r["T"]) for r in runs[0]["rows"])
     lines = [BEGIN, f"## GPU: {card} ({os.path.basename(os.path.normpath(d))}), `tmoe bench`", "",
-             "Command (inside `scripts/gpu-check.sh` with `TUNE=1`; binaries from `scripts/gpu-pack.sh`):", "",
+             "Commands (in `scripts/gpu-check.sh`; binaries from `scripts/gpu-pack.sh`): the table, from the same "
+             "build (with `TUNE=1` in the same call, read through `TMOE_TUNING_TABLE`; or in an earlier call and "
+             "committed to `configs/<device>.json`, which the library embeds), then the bench:", "",
              "    tmoe tune --tokens 1,2,4,8,16,32,64,128,256,512,1024,2048,4096,8192 --out tuned-table.json",
-             f"    TMOE_TUNING_TABLE=tuned-table.json tmoe bench --backend gpu --model MODEL --tokens {tokens} --check-rows 8",
+             f"    tmoe bench --backend gpu --model MODEL --tokens {tokens} --check-rows 8",
              "",
              f"The run's table is `{rel}/tuned-table.json` and its sweep (winner beside the heuristic per T) "
              f"`{rel}/tune.log`; `configs/<device>.json` holds the newest table. Timed: the full layer from random router logits (f32), bf16, median device time "

@@ -153,7 +153,8 @@ def section(data, d):
         "",
         "Times are medians of device events, one call per event pair, L2 flushed before each call; CUDA-graph "
         "replays for tritonmoe and both vLLM modes, plain launches for torch._grouped_mm, eager and MegaBlocks "
-        "(they synchronise with the host). **layer** = from router logits: tritonmoe's `moe_layer`; vLLM = "
+        "(they synchronise with the host). At each T tritonmoe is measured right before vLLM (the pair the targets "
+        "compare sees the same clocks under the power cap); the other peers follow, model by model. **layer** = from router logits: tritonmoe's `moe_layer`; vLLM = "
         "routing in torch (softmax/top-k, or the grouped sigmoid top-k) + the alignment in torch ops as in "
         "shared/bench/peers_baseline.py (vLLM itself uses one CUDA kernel for it) + its experts, timed as one "
         "graph. **experts** = from given ids/weights: tritonmoe's `fused_moe` (its own alignment included); "
