@@ -5,7 +5,7 @@ flushed before each). Where the large-T gap to vLLM sits (docs/performance-log.m
 
 vLLM runs its best large-T config of the peers run (BLOCK 128x256x64, GROUP_SIZE_M
 16, 8 warps, 3 stages, bf16 output); ours runs each BLOCK_M 128 tile of
-tools/aot/variants.py (f32 y, as in the library), compiled here by Triton's JIT.
+tools/aot/variants.py (y in bf16, as in the library), compiled here by Triton's JIT.
 Both read the same routing: vLLM's alignment (in torch, bench/peers.py) is exactly
 ours (sorted_slots with sentinel S, one expert per block).
 
@@ -22,7 +22,7 @@ import triton
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import peers  # noqa: E402
 from kernels.down_combine import down  # noqa: E402
-from tools.aot.variants import DOWN_TILES  # noqa: E402
+from tools.aot.variants import DOWN_TILES, GROUPED_BY_8  # noqa: E402
 
 DEV = "cuda"
 BLOCK_M = 128
@@ -80,14 +80,16 @@ def main():
             print(f"{name} T={T} vllm w2 128x256x64 w8 s3: {ms:.3f} ms {flops / ms / 1e9:.0f} TFLOP/s", flush=True)
             reference = y_vllm.float().view(S, H)
             for index, per_backend in enumerate(DOWN_TILES[BLOCK_M]):
-                block_n, block_k, warps, stages = per_backend["cuda"][:4]
-                y = torch.empty(S, H, device=DEV, dtype=torch.float32)
+                block_n, block_k, warps, stages, *extra = per_backend["cuda"]
+                group_m = dict(GROUPED_BY_8, **(extra[0] if extra else {}))["GROUP_M"]
+                y = torch.empty(S, H, device=DEV, dtype=torch.bfloat16)
                 ours = lambda: down[(m_blocks * triton.cdiv(H, block_n),)](  # noqa: E731
                     h, w2, y, sorted_slots, block_expert, weights.view(-1), S, k, H, I, k, 0, ROUTED=True,
-                    BLOCK_M=BLOCK_M, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages)
+                    BLOCK_M=BLOCK_M, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=group_m, num_warps=warps,
+                    num_stages=stages)
                 ms = graph_ms(ours)
                 err = ((y - reference).norm() / reference.norm()).item()
-                print(f"  tmoe down t{index} {BLOCK_M}x{block_n}x{block_k} w{warps} s{stages}: {ms:.3f} ms "
+                print(f"  tmoe down t{index} {BLOCK_M}x{block_n}x{block_k} w{warps} s{stages} g{group_m}: {ms:.3f} ms "
                       f"{flops / ms / 1e9:.0f} TFLOP/s, rel err vs vLLM {err:.1e}", flush=True)
 
 

@@ -16,8 +16,9 @@ from kernels.grouped_gemm import tile_coords, tile_expert, tile_slots
 
 @triton.jit
 def down(h, w2, y, sorted_slots, block_expert, topk_weights, num_slots, top_k, H, I, y_rows_per_token, y_first_row,
-         ROUTED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    pid_m, pid_n = tile_coords(H, BLOCK_N)
+         ROUTED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+         GROUP_M: tl.constexpr):
+    pid_m, pid_n = tile_coords(H, BLOCK_N, GROUP_M)
     expert = tile_expert(block_expert, pid_m, ROUTED)
     if expert < 0:
         return

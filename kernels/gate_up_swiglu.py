@@ -15,8 +15,9 @@ from kernels.grouped_gemm import tile_coords, tile_expert, tile_slots
 
 @triton.jit
 def gate_up_swiglu(x, w13, h, sorted_slots, block_expert, num_slots, top_k, H, I, ROUTED: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, JOINED: tl.constexpr):
-    pid_m, pid_n = tile_coords(I, BLOCK_N)
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, JOINED: tl.constexpr,
+                   GROUP_M: tl.constexpr):
+    pid_m, pid_n = tile_coords(I, BLOCK_N, GROUP_M)
     expert = tile_expert(block_expert, pid_m, ROUTED)
     if expert < 0:
         return

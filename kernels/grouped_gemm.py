@@ -10,7 +10,9 @@ experts, or large T) a group of GROUP_M keeps the programs in flight on a few A
 tiles and a few weight tiles, which then stay in L2 (measured on an H100: 10-22%
 faster at T >= 512 on qwen3-30b-a3b, gpt-oss-120b and deepseek-v3). With few M
 blocks all of them form one group (M fastest over the whole grid): grouping there
-split mixtral's weight stream and cost 17% at T = 256.
+split mixtral's weight stream and cost 17% at T = 256. GROUP_M is a tile
+constexpr: the best group differs by shape (16 helped mixtral T = 8192 by 4% and
+cost qwen3 2.5%), so `tmoe tune` picks it with the tile.
 
 The weight tiles are loaded without a column mask: a program's columns past N read
 wrapped, valid rows (column % N) whose results are never stored. The masked load
@@ -21,13 +23,12 @@ import triton
 import triton.language as tl
 
 
-GROUP_M = tl.constexpr(8)
 # Below this many M blocks the whole grid is one group.
 MIN_BLOCKS_TO_GROUP = tl.constexpr(32)
 
 
 @triton.jit
-def tile_coords(N, BLOCK_N: tl.constexpr):
+def tile_coords(N, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
     pid = tl.program_id(0)
     num_n_blocks = tl.cdiv(N, BLOCK_N)
     num_m_blocks = tl.num_programs(0) // num_n_blocks

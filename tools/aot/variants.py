@@ -35,6 +35,10 @@ class Config:
 # gate_up's gate and up tiles as one [BLOCK_K, 2*BLOCK_N] operand of a single dot (one
 # wgmma of N = 256 instead of two of 128 on Hopper), split after the loop.
 JOINED = dict(JOINED=True)
+# Programs walk GROUP_M blocks of M before the next N block (kernels/grouped_gemm.py);
+# 8 unless a tile says otherwise.
+GROUPED_BY_8 = dict(GROUP_M=8)
+GROUP16 = dict(GROUP_M=16)
 
 # BLOCK_M -> tiles, each backend -> (BLOCK_N, BLOCK_K, num_warps, num_stages[, constexprs]). A tile's
 # index is its name ("t0", "t1", ...): `tmoe tune` times them and configs/<device>.json
@@ -55,7 +59,8 @@ GATE_UP_TILES = {
     128: ({"cuda": (128, 64, 8, 3), "hip": (128, 64, 8, 2)},
           {"cuda": (64, 64, 4, 4), "hip": (64, 64, 4, 2)},
           {"cuda": (128, 32, 8, 4), "hip": (128, 32, 8, 2)},
-          {"cuda": (128, 64, 8, 3, JOINED), "hip": (128, 64, 8, 2, JOINED)}),
+          {"cuda": (128, 64, 8, 3, JOINED), "hip": (128, 64, 8, 2, JOINED)},
+          {"cuda": (128, 64, 8, 3, JOINED | GROUP16), "hip": (128, 64, 8, 2, JOINED | GROUP16)}),
 }
 DOWN_TILES = {
     16: ({"cuda": (64, 128, 4, 4), "hip": (64, 64, 4, 2)},
@@ -66,7 +71,9 @@ DOWN_TILES = {
          {"cuda": (128, 128, 4, 3), "hip": (128, 64, 8, 2)}),
     128: ({"cuda": (128, 64, 8, 3), "hip": (128, 64, 8, 2)},
           {"cuda": (256, 64, 8, 3), "hip": (256, 32, 8, 2)},
-          {"cuda": (128, 128, 8, 2), "hip": (128, 64, 4, 2)}),
+          {"cuda": (128, 128, 8, 2), "hip": (128, 64, 4, 2)},
+          {"cuda": (256, 64, 8, 3, GROUP16), "hip": (256, 32, 8, 2, GROUP16)},
+          {"cuda": (128, 64, 8, 3, GROUP16), "hip": (128, 64, 8, 2, GROUP16)}),
 }
 FALLBACK_BLOCK_M = 32
 FALLBACK_TILE = {"cuda": (64, 64, 4, 3), "hip": (64, 64, 4, 2)}
@@ -168,7 +175,7 @@ def gate_up_variants():
         # The shared expert (dense) is not tuned: it keeps t0.
         for mode, routed, tiles in (("routed", True, GATE_UP_TILES), ("dense", False, first_tile_only(GATE_UP_TILES))):
             yield from gemm_variants("gate_up_swiglu", "gate_up_swiglu", f"{dtype}_{mode}", dtype, types, routed, tiles,
-                                     dict(JOINED=False))
+                                     dict(GROUPED_BY_8, JOINED=False))
 
 
 def down_variants():
@@ -180,7 +187,8 @@ def down_variants():
             types = dict(h=a, w2=a, y=a, sorted_slots="*i32", block_expert="*i32", topk_weights="*fp32",
                          num_slots="i32", top_k="i32", H="i32", I="i32", y_rows_per_token="i32", y_first_row="i32")
             tiles = DOWN_TILES if routed else first_tile_only(DOWN_TILES)
-            yield from gemm_variants("down", "down_combine", f"{dtype}_{mode}", dtype, types, routed, tiles)
+            yield from gemm_variants("down", "down_combine", f"{dtype}_{mode}", dtype, types, routed, tiles,
+                                     GROUPED_BY_8)
 
 
 def combine_variants():
