@@ -2,7 +2,8 @@
 # The whole GPU check in one device call (run from the repo root on the GPU
 # machine, after scripts/gpu-pack.sh here): card, the GoogleTest suites with the
 # GPU backend, compute-sanitizer memcheck on representative shapes and on every
-# kernel choice, and `tmoe bench --backend gpu` for each model in $MODELS. With
+# kernel choice, the Python binding and the kernels' JIT test, and `tmoe bench
+# --backend gpu` for each model in $MODELS (default mixtral-8x7b; empty: none). With
 # TUNE=1, first `tmoe tune` for every preset (the table lands in the logs as
 # tuned-table.json and serves the benches through TMOE_TUNING_TABLE). SKIP names
 # steps to leave out (e.g. SKIP="tests memcheck python"). Logs go to
@@ -44,8 +45,11 @@ if ! python3 -c "import pytest" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; th
   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 fi
 step python env TMOE_LIBRARY="$bin/libtmoe.so" python3 -m pytest python/tests/test_binding_torch_gpu.py -q
+# Every pipeline stage through Triton's JIT with the tiles of tools/aot/variants.py,
+# against torch in float64 (the bundle's binaries are covered by the suites above).
+step kernels python3 kernels/tests/test_kernels_gpu.py --only jit
 
-for model in $(echo "${MODELS:-mixtral-8x7b}" | tr , ' '); do
+for model in $(echo "${MODELS-mixtral-8x7b}" | tr , ' '); do
   step "bench-$model" "$bin/tmoe" bench --backend gpu --model "$model" \
     --tokens "${TOKENS:-1,16,64,256,512,2048}" --check-rows "${CHECK_ROWS:-8}" --json "$out/bench-$model.json"
 done
