@@ -22,7 +22,7 @@ import triton
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import peers  # noqa: E402
 from kernels.down_combine import down  # noqa: E402
-from tools.aot.variants import DOWN_TILES, GROUPED_BY_8  # noqa: E402
+from tools.aot.variants import DOWN_TILES, GROUP8  # noqa: E402
 
 DEV = "cuda"
 BLOCK_M = 128
@@ -81,7 +81,7 @@ def main():
             reference = y_vllm.float().view(S, H)
             for index, per_backend in enumerate(DOWN_TILES[BLOCK_M]):
                 block_n, block_k, warps, stages, *extra = per_backend["cuda"]
-                group_m = dict(GROUPED_BY_8, **(extra[0] if extra else {}))["GROUP_M"]
+                group_m = dict(GROUP8, **(extra[0] if extra else {}))["GROUP_M"]
                 y = torch.empty(S, H, device=DEV, dtype=torch.bfloat16)
                 ours = lambda: down[(m_blocks * triton.cdiv(H, block_n),)](  # noqa: E731
                     h, w2, y, sorted_slots, block_expert, weights.view(-1), S, k, H, I, k, 0, ROUTED=True,

@@ -37,7 +37,7 @@ class Config:
 JOINED = dict(JOINED=True)
 # Programs walk GROUP_M blocks of M before the next N block (kernels/grouped_gemm.py);
 # 8 unless a tile says otherwise.
-GROUPED_BY_8 = dict(GROUP_M=8)
+GROUP8 = dict(GROUP_M=8)
 GROUP16 = dict(GROUP_M=16)
 
 # BLOCK_M -> tiles, each backend -> (BLOCK_N, BLOCK_K, num_warps, num_stages[, constexprs]). A tile's
@@ -175,7 +175,7 @@ def gate_up_variants():
         # The shared expert (dense) is not tuned: it keeps t0.
         for mode, routed, tiles in (("routed", True, GATE_UP_TILES), ("dense", False, first_tile_only(GATE_UP_TILES))):
             yield from gemm_variants("gate_up_swiglu", "gate_up_swiglu", f"{dtype}_{mode}", dtype, types, routed, tiles,
-                                     dict(GROUPED_BY_8, JOINED=False))
+                                     dict(GROUP8, JOINED=False))
 
 
 def down_variants():
@@ -188,7 +188,7 @@ def down_variants():
                          num_slots="i32", top_k="i32", H="i32", I="i32", y_rows_per_token="i32", y_first_row="i32")
             tiles = DOWN_TILES if routed else first_tile_only(DOWN_TILES)
             yield from gemm_variants("down", "down_combine", f"{dtype}_{mode}", dtype, types, routed, tiles,
-                                     GROUPED_BY_8)
+                                     GROUP8)
 
 
 def combine_variants():
