@@ -5,7 +5,9 @@ flushed before each). Where the large-T gap to vLLM sits (docs/performance-log.m
 
 vLLM runs its best large-T config of the peers run (BLOCK 128x256x64, GROUP_SIZE_M
 16, 8 warps, 3 stages, bf16 output); ours runs each BLOCK_M 128 tile of
-tools/aot/variants.py (y in bf16, as in the library), compiled here by Triton's JIT.
+tools/aot/variants.py (y in bf16, as in the library), compiled here by Triton's JIT,
+each also in its TMA form (kernels/down_combine.py, TMA=True: h and w2 through
+device-side tensor descriptors; not in the bundle until it measures faster).
 Both read the same routing: vLLM's alignment (in torch, bench/peers.py) is exactly
 ours (sorted_slots with sentinel S, one expert per block).
 
@@ -53,6 +55,8 @@ def main():
     models = peers.env_list("MODELS", "mixtral-8x7b,qwen3-30b-a3b,gpt-oss-120b")
     tokens = [int(t) for t in peers.env_list("TOKENS", "1024,8192")]
     print(f"{torch.cuda.get_device_name()}; {peers.gpu_state()}")
+    # The TMA form builds its tensor descriptors on the device, in scratch from here.
+    triton.set_allocator(lambda size, alignment, stream: torch.empty(size, device=DEV, dtype=torch.int8))
     for name in models:
         m = peers.MODELS[name]
         E, H, I, k = m["E"], m["H"], m["I"], m["k"]
@@ -82,15 +86,17 @@ def main():
             for index, per_backend in enumerate(DOWN_TILES[BLOCK_M]):
                 block_n, block_k, warps, stages, *extra = per_backend["cuda"]
                 group_m = dict(GROUP8, **(extra[0] if extra else {}))["GROUP_M"]
-                y = torch.empty(S, H, device=DEV, dtype=torch.bfloat16)
-                ours = lambda: down[(m_blocks * triton.cdiv(H, block_n),)](  # noqa: E731
-                    h, w2, y, sorted_slots, block_expert, weights.view(-1), S, k, H, I, k, 0, ROUTED=True,
-                    BLOCK_M=BLOCK_M, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=group_m, num_warps=warps,
-                    num_stages=stages)
-                ms = graph_ms(ours)
-                err = ((y - reference).norm() / reference.norm()).item()
-                print(f"  tmoe down t{index} {BLOCK_M}x{block_n}x{block_k} w{warps} s{stages} g{group_m}: {ms:.3f} ms "
-                      f"{flops / ms / 1e9:.0f} TFLOP/s, rel err vs vLLM {err:.1e}", flush=True)
+                for tma in (False, True):
+                    y = torch.empty(S, H, device=DEV, dtype=torch.bfloat16)
+                    ours = lambda: down[(m_blocks * triton.cdiv(H, block_n),)](  # noqa: E731
+                        h, w2, y, sorted_slots, block_expert, weights.view(-1), S, k, H, I, k, 0, ROUTED=True,
+                        BLOCK_M=BLOCK_M, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=group_m, TMA=tma,
+                        num_warps=warps, num_stages=stages)
+                    ms = graph_ms(ours)
+                    err = ((y - reference).norm() / reference.norm()).item()
+                    print(f"  tmoe down t{index}{' tma' if tma else ''} {BLOCK_M}x{block_n}x{block_k} w{warps} "
+                          f"s{stages} g{group_m}: {ms:.3f} ms {flops / ms / 1e9:.0f} TFLOP/s, rel err vs vLLM {err:.1e}",
+                          flush=True)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from kernels.grouped_gemm import tile_coords, tile_expert, tile_slots
 @triton.jit
 def down(h, w2, y, sorted_slots, block_expert, topk_weights, num_slots, top_k, H, I, y_rows_per_token, y_first_row,
          ROUTED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-         GROUP_M: tl.constexpr):
+         GROUP_M: tl.constexpr, TMA: tl.constexpr):
     pid_m, pid_n = tile_coords(H, BLOCK_N, GROUP_M)
     expert = tile_expert(block_expert, pid_m, ROUTED)
     if expert < 0:
@@ -25,17 +25,28 @@ def down(h, w2, y, sorted_slots, block_expert, topk_weights, num_slots, top_k, H
     rows, slots, has_slot = tile_slots(sorted_slots, pid_m, num_slots, BLOCK_M, ROUTED)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < H
-    ks = tl.arange(0, BLOCK_K)
-    h_tile = h + rows.to(tl.int64)[:, None] * I + ks[None, :]
-    # Weight rows past H wrap to valid ones (never stored): no column mask on the weight loads.
-    w_tile = w2 + expert.to(tl.int64) * H * I + (cols % H).to(tl.int64)[None, :] * I + ks[:, None]
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-    for k0 in range(0, I, BLOCK_K):
-        k_ok = ks < I - k0
-        a = tl.load(h_tile, mask=has_slot[:, None] & k_ok[None, :], other=0.0)
-        acc = tl.dot(a, tl.load(w_tile, mask=k_ok[:, None], other=0.0), acc)
-        h_tile += BLOCK_K
-        w_tile += BLOCK_K
+    if TMA:
+        # Experimental (bench/down_vs_vllm.py; not in the bundle): both operands through
+        # device-side tensor descriptors (TMA on Hopper, which zero-fills past the edges:
+        # no masks). h's rows are contiguous per block; padding rows are never stored.
+        h_rows = tl.num_programs(0) // tl.cdiv(H, BLOCK_N) * BLOCK_M if ROUTED else num_slots
+        h_desc = tl.make_tensor_descriptor(h, shape=[h_rows, I], strides=[I, 1], block_shape=[BLOCK_M, BLOCK_K])
+        w_desc = tl.make_tensor_descriptor(w2 + expert.to(tl.int64) * H * I, shape=[H, I], strides=[I, 1],
+                                           block_shape=[BLOCK_N, BLOCK_K])
+        for k0 in range(0, I, BLOCK_K):
+            acc = tl.dot(h_desc.load([pid_m * BLOCK_M, k0]), w_desc.load([pid_n * BLOCK_N, k0]).T, acc)
+    else:
+        ks = tl.arange(0, BLOCK_K)
+        h_tile = h + rows.to(tl.int64)[:, None] * I + ks[None, :]
+        # Weight rows past H wrap to valid ones (never stored): no column mask on the weight loads.
+        w_tile = w2 + expert.to(tl.int64) * H * I + (cols % H).to(tl.int64)[None, :] * I + ks[:, None]
+        for k0 in range(0, I, BLOCK_K):
+            k_ok = ks < I - k0
+            a = tl.load(h_tile, mask=has_slot[:, None] & k_ok[None, :], other=0.0)
+            acc = tl.dot(a, tl.load(w_tile, mask=k_ok[:, None], other=0.0), acc)
+            h_tile += BLOCK_K
+            w_tile += BLOCK_K
     if ROUTED:
         acc = acc * tl.load(topk_weights + slots, mask=has_slot, other=0.0)[:, None]
     tokens = slots // top_k

@@ -188,7 +188,7 @@ def down_variants():
                          num_slots="i32", top_k="i32", H="i32", I="i32", y_rows_per_token="i32", y_first_row="i32")
             tiles = DOWN_TILES if routed else first_tile_only(DOWN_TILES)
             yield from gemm_variants("down", "down_combine", f"{dtype}_{mode}", dtype, types, routed, tiles,
-                                     GROUP8)
+                                     dict(GROUP8, TMA=False))
 
 
 def combine_variants():
