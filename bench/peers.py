@@ -45,15 +45,10 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from model_shapes import routed_models
+
 DEV = "cuda"
-MODELS = {
-    "mixtral-8x7b": dict(E=8, H=4096, I=14336, k=2, routing="softmax_topk", renormalize=True),
-    "qwen3-30b-a3b": dict(E=128, H=2048, I=768, k=8, routing="softmax_topk", renormalize=True),
-    # routed experts only (no shared expert) for the peer comparison
-    "deepseek-v3": dict(E=256, H=7168, I=2048, k=8, routing="sigmoid_grouped_topk", renormalize=True,
-                        n_group=8, topk_group=4, routed_scaling_factor=2.5),
-    "gpt-oss-120b": dict(E=128, H=2880, I=2880, k=4, routing="topk_softmax"),
-}
+MODELS = routed_models()
 ALL_TOKENS = "1,4,16,64,128,256,512,1024,2048,8192"
 SYSTEMS = ["tmoe", "vllm", "grouped_mm", "eager", "megablocks", "triton_kernels"]
 # Why OpenAI's triton_kernels did not run (recorded in peers.json when it cannot be imported).
