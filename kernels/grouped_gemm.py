@@ -17,7 +17,7 @@ cost qwen3 2.5%), so `tmoe tune` picks it with the tile.
 The weight tiles are loaded without a column mask: a program's columns past N read
 wrapped, valid rows (column % N) whose results are never stored. The masked load
 (K mask and column mask) cost the down GEMM 22% at mixtral-8x7b T = 8192 on an H100
-(3.91 -> 3.07 ms for the same tile; performance-log.md #8); vLLM's kernel wraps the same way.
+(3.91 -> 3.07 ms for the same tile; performance-log.md #10); vLLM's kernel wraps the same way.
 """
 import triton
 import triton.language as tl
