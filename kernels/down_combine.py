@@ -27,9 +27,10 @@ def down(h, w2, y, sorted_slots, block_expert, topk_weights, num_slots, top_k, H
     col_ok = cols < H
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     if TMA:
-        # Experimental (bench/down_vs_vllm.py; not in the bundle): both operands through
-        # device-side tensor descriptors (TMA on Hopper, which zero-fills past the edges:
-        # no masks). h's rows are contiguous per block; padding rows are never stored.
+        # Both operands through device-side tensor descriptors (TMA on Hopper, which
+        # zero-fills past the edges: no masks; 16% faster than the pointer loads on
+        # mixtral T = 8192, performance-log.md #15). h's rows are contiguous per block;
+        # padding rows are never stored.
         h_rows = tl.num_programs(0) // tl.cdiv(H, BLOCK_N) * BLOCK_M if ROUTED else num_slots
         h_desc = tl.make_tensor_descriptor(h, shape=[h_rows, I], strides=[I, 1], block_shape=[BLOCK_M, BLOCK_K])
         w_desc = tl.make_tensor_descriptor(w2 + expert.to(tl.int64) * H * I, shape=[H, I], strides=[I, 1],

@@ -16,7 +16,7 @@ from kernels.grouped_gemm import tile_coords, tile_expert, tile_slots
 @triton.jit
 def gate_up_swiglu(x, w13, h, sorted_slots, block_expert, num_slots, top_k, H, I, ROUTED: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, JOINED: tl.constexpr,
-                   GROUP_M: tl.constexpr):
+                   GROUP_M: tl.constexpr, TMA: tl.constexpr):
     pid_m, pid_n = tile_coords(I, BLOCK_N, GROUP_M)
     expert = tile_expert(block_expert, pid_m, ROUTED)
     if expert < 0:
@@ -32,7 +32,32 @@ def gate_up_swiglu(x, w13, h, sorted_slots, block_expert, num_slots, top_k, H, I
     w_cols = cols % I
     gate_tile = w13 + expert.to(tl.int64) * 2 * I * H + w_cols.to(tl.int64)[None, :] * H + ks[:, None]
     up_offset = I.to(tl.int64) * H
-    if JOINED:
+    if TMA:
+        # Experimental (bench/gemm_vs_vllm.py; not in the bundle): the weight tiles through a
+        # device-side tensor descriptor over w13[expert] seen as [2, I, H] (TMA on Hopper,
+        # zero-filled past the edges); x's rows are gathered by token, so they stay pointer loads.
+        n0 = pid_n * BLOCK_N
+        w_expert = w13 + expert.to(tl.int64) * 2 * I * H
+        if JOINED:
+            w_desc = tl.make_tensor_descriptor(w_expert, shape=[2, I, H], strides=[up_offset, H, 1],
+                                               block_shape=[2, BLOCK_N, BLOCK_K])
+            acc = tl.zeros([BLOCK_M, 2 * BLOCK_N], tl.float32)
+        else:
+            w_desc = tl.make_tensor_descriptor(w_expert, shape=[2, I, H], strides=[up_offset, H, 1],
+                                               block_shape=[1, BLOCK_N, BLOCK_K])
+            acc_gate = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+            acc_up = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+        for k0 in range(0, H, BLOCK_K):
+            a = tl.load(x_tile, mask=has_slot[:, None] & (ks < H - k0)[None, :], other=0.0)
+            if JOINED:
+                acc = tl.dot(a, w_desc.load([0, n0, k0]).reshape(2 * BLOCK_N, BLOCK_K).T, acc)
+            else:
+                acc_gate = tl.dot(a, w_desc.load([0, n0, k0]).reshape(BLOCK_N, BLOCK_K).T, acc_gate)
+                acc_up = tl.dot(a, w_desc.load([1, n0, k0]).reshape(BLOCK_N, BLOCK_K).T, acc_up)
+            x_tile += BLOCK_K
+        if JOINED:
+            acc_gate, acc_up = tl.split(tl.permute(tl.reshape(acc, [BLOCK_M, 2, BLOCK_N]), [0, 2, 1]))
+    elif JOINED:
         # Columns 0..BLOCK_N-1 of one operand are the gate rows, the next BLOCK_N the up rows.
         halves = tl.arange(0, 2 * BLOCK_N)
         is_up = halves >= BLOCK_N

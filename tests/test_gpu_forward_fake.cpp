@@ -10,6 +10,7 @@
 // TMOE_ERROR_UNSUPPORTED saying the build has no GPU kernels.
 #include <dlfcn.h>
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 #include <tmoe/tmoe.h>
 
 #include <algorithm>
@@ -17,6 +18,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <map>
 #include <optional>
 #include <string>
@@ -52,6 +54,12 @@ struct Case {
   tmoe_dtype act = TMOE_DTYPE_BF16;
   std::optional<tmoe_dtype> logits = TMOE_DTYPE_F32;  // nullopt: topk_ids / topk_weights given
   size_t x_offset = 0;  // x starts this many bytes into its (256-byte aligned) allocation
+};
+
+// A tuning table's sorted-path choice (TMOE_TUNING_TABLE) in place of the heuristic's.
+struct TunedTiles {
+  int64_t block_m;
+  int gate_up, down;
 };
 
 // What one recorded argument must be.
@@ -274,7 +282,7 @@ class GpuForwardFakeTest : public ::testing::TestWithParam<Api> {
   // and each kernel's section: what this layer call must launch. The order is
   // the doc's listed launch order (the doc would also let the two shared-expert
   // launches move anywhere before combine; this test pins the listed order).
-  std::vector<ExpectedLaunch> expected_launches(const Layer& l) const {
+  std::vector<ExpectedLaunch> expected_launches(const Layer& l, std::optional<TunedTiles> tuned = {}) const {
     const Case& c = l.c;
     const bool from_logits = c.logits.has_value();
     const int64_t S = c.T * c.k;
@@ -386,8 +394,8 @@ class GpuForwardFakeTest : public ::testing::TestWithParam<Api> {
       return launches;
     }
 
-    const int64_t rule_m = block_m_rule(S / std::min(c.E, S), hinted);
-    const auto [gate_up_tile, down_tile] = heuristic_tiles(rule_m);
+    const int64_t rule_m = tuned ? tuned->block_m : block_m_rule(S / std::min(c.E, S), hinted);
+    const auto [gate_up_tile, down_tile] = tuned ? std::pair{tuned->gate_up, tuned->down} : heuristic_tiles(rule_m);
     const KernelEntry* gate_up = entry("gate_up_swiglu", gemm("routed", rule_m, hinted, gate_up_tile));
     const KernelEntry* down = entry("down", gemm("routed", rule_m, hinted, down_tile));
     const int64_t block_m = constexpr_of(gate_up, "BLOCK_M");
@@ -534,8 +542,18 @@ class GpuForwardFakeTest : public ::testing::TestWithParam<Api> {
       for (size_t j = 0; j < e.params.size(); ++j) {
         const KernelParam& p = e.params[j];
         if (p.hidden) {
-          EXPECT_EQ(got.args[j], 0u) << "hidden param " << p.name << " must be null (scratch sizes are 0)";
-          EXPECT_EQ(e.global_scratch_size + e.profile_scratch_size, 0u);
+          // Per-program scratch (the TMA variants' tensor descriptors): a workspace
+          // region at its alignment; null when the variant needs none.
+          const bool global = p.name == "global_scratch";
+          const uint64_t per_program = global ? e.global_scratch_size : e.profile_scratch_size;
+          const uint64_t align = global ? e.global_scratch_align : e.profile_scratch_align;
+          if (per_program == 0) {
+            EXPECT_EQ(got.args[j], 0u) << "hidden param " << p.name << " must be null (its scratch size is 0)";
+          } else {
+            EXPECT_NE(got.args[j], 0u) << "hidden param " << p.name << " needs " << per_program << " bytes a program";
+            EXPECT_EQ(got.args[j] % align, 0u) << p.name;
+            buffers.try_emplace(p.name, Seen{got.args[j], per_program * static_cast<uint64_t>(want.grid)});
+          }
           continue;
         }
         ++visible;
@@ -594,7 +612,7 @@ class GpuForwardFakeTest : public ::testing::TestWithParam<Api> {
       if (workspace != nullptr) {
         EXPECT_GE(r.begin, address(workspace)) << r.name;
         EXPECT_LE(r.end, address(workspace) + workspace_bytes) << r.name;
-        EXPECT_EQ((r.begin - address(workspace)) % 256, 0u) << r.name;
+        EXPECT_EQ((r.begin - address(workspace)) % 256, 0u) << r.name;  // scratch: at most 256-byte aligned
       }
     }
   }
@@ -894,6 +912,41 @@ TEST_P(GpuForwardFakeTest, CallerWorkspaceHoldsEveryBufferAndMustBeLargeEnough) 
             std::string::npos)
       << tmoe_last_error();
   EXPECT_EQ(fake().stats().launches, 0) << recorded_functions();
+}
+
+// The TMA form of down builds its tensor descriptors in Triton's per-program
+// global scratch (CUDA sm_90; the pointer form elsewhere needs none): the plan
+// sizes it for the grid and carves it from the workspace beside the other buffers.
+TEST_P(GpuForwardFakeTest, TmaDownTileGetsItsScratchFromTheWorkspace) {
+  const Case& c = kMain;
+  const TunedTiles tuned{128, 0, 5};
+  const std::string table = ::testing::TempDir() + "/tmoe_tma_table.json";
+  std::ofstream(table) << nlohmann::json{
+      {"format", 1},
+      {"device", cuda() ? "Fake CUDA GPU sm_90" : "Fake HIP GPU gfx942"},
+      {"target", target()},
+      {"shapes", {{{"E", c.E}, {"H", c.H}, {"I", c.I}, {"k", c.k},
+                   {"buckets", {{{"max_tokens", 1024}, {"path", "sorted"}, {"block_m", tuned.block_m},
+                                 {"gate_up_tile", tuned.gate_up}, {"down_tile", tuned.down}}}}}}}};
+  env_.set("TMOE_TUNING_TABLE", table);
+  OPEN_CONTEXT_OR_RETURN();
+  Layer l = make_layer(c);
+  const std::vector<ExpectedLaunch> expected = expected_launches(l, tuned);
+  const KernelEntry* down = expected[4].entry;
+  ASSERT_EQ(down->variant, "bf16_routed_m128_t5_div16");
+  EXPECT_EQ(constexpr_of(down, "TMA"), 1);
+  if (cuda()) {
+    EXPECT_GT(down->global_scratch_size, 0u) << "sm_90 builds the descriptors on the device";
+  }
+  size_t bytes = 0;
+  ASSERT_EQ(tmoe_moe_workspace_size(ctx_, &l.args, &bytes), TMOE_SUCCESS) << tmoe_last_error();
+  EXPECT_GE(bytes, workspace_lower_bound(expected) + down->global_scratch_size * expected[4].grid);
+  void* workspace = alloc(bytes);
+  l.args.workspace = workspace;
+  l.args.workspace_bytes = bytes;
+  ASSERT_EQ(forward(l), TMOE_SUCCESS) << tmoe_last_error();
+  check_launches(l, expected, workspace, bytes);
+  std::remove(table.c_str());
 }
 
 TEST_P(GpuForwardFakeTest, F32IsUnsupported) {

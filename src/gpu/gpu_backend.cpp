@@ -63,6 +63,9 @@ std::string decode_down_prefix(const MoeProblem& p) {
 struct WorkspaceLayout {
   size_t topk_ids = 0, topk_weights = 0, chunk_counts = 0, expert_counts = 0, expert_offsets = 0;
   size_t sorted_slots = 0, block_expert = 0, h = 0, h_shared = 0, y = 0;
+  // Triton's per-program global scratch (the TMA variants' device-side tensor
+  // descriptors): one region the plan's launches share, as they run in order.
+  size_t scratch = 0, scratch_bytes = 0;
   size_t total = 0;
 
   size_t add(size_t bytes) {
@@ -70,6 +73,16 @@ struct WorkspaceLayout {
     total += (bytes + 255) / 256 * 256;
     return at;
   }
+};
+
+// One launch: its variant and its program count (grids depend on shapes only).
+struct Step {
+  const KernelEntry* entry = nullptr;
+  int64_t programs = 0;
+
+  explicit operator bool() const { return entry != nullptr; }
+  // Programs over `n` columns in blocks of the variant's `block` constexpr, for each of `rows` row blocks.
+  void cover(int64_t rows, int64_t n, const char* block) { programs = rows * cdiv(n, entry->constexpr_or(block, 0)); }
 };
 
 // Everything one forward launches, chosen before the first launch.
@@ -81,24 +94,15 @@ struct Plan {
   int64_t chunks = 0;     // sorted path: align programs
   int64_t shared_block_m = 0;
   bool direct = false;    // sorted path, R == 1: down writes out, no combine
-  const KernelEntry* route = nullptr;
-  const KernelEntry* decode_gate_up = nullptr;
-  const KernelEntry* decode_shared_gate_up = nullptr;
-  const KernelEntry* decode_down = nullptr;
-  const KernelEntry* align_count = nullptr;
-  const KernelEntry* align_scatter = nullptr;
-  const KernelEntry* gate_up = nullptr;
-  const KernelEntry* down = nullptr;
-  const KernelEntry* shared_gate_up = nullptr;
-  const KernelEntry* shared_down = nullptr;
-  const KernelEntry* combine = nullptr;
+  Step route, decode_gate_up, decode_shared_gate_up, decode_down;
+  Step align_count, align_scatter, gate_up, down, shared_gate_up, shared_down, combine;
   WorkspaceLayout ws;
 
-  std::vector<const KernelEntry*> launches() const {
-    std::vector<const KernelEntry*> all;
-    for (const KernelEntry* e : {route, align_count, align_scatter, gate_up, down, shared_gate_up, shared_down, combine,
-                                 decode_gate_up, decode_shared_gate_up, decode_down}) {
-      if (e != nullptr) all.push_back(e);
+  std::vector<Step> launches() const {
+    std::vector<Step> all;
+    for (const Step& s : {route, align_count, align_scatter, gate_up, down, shared_gate_up, shared_down, combine,
+                          decode_gate_up, decode_shared_gate_up, decode_down}) {
+      if (s) all.push_back(s);
     }
     return all;
   }
@@ -136,7 +140,7 @@ class GpuBackend final : public gpu::TunableBackend {
     TMOE_RETURN_IF_ERROR(make_plan(p, nullptr, &plan));
     info->launches = p.T == 0 ? 0 : static_cast<int>(plan.launches().size());
     info->description = plan.choice.describe() + (choice_is_tuned(p) ? " (tuned)" : " (heuristic)") + ":";
-    for (const KernelEntry* e : plan.launches()) info->description += " " + e->kernel + "/" + e->variant;
+    for (const Step& s : plan.launches()) info->description += " " + s.entry->kernel + "/" + s.entry->variant;
     return Status::ok();
   }
 
@@ -201,9 +205,9 @@ class GpuBackend final : public gpu::TunableBackend {
       ws = reinterpret_cast<uint8_t*>(static_cast<uintptr_t>(workspace_.address()));
     }
     // Load every module first: a missing or broken binary fails before out is touched.
-    for (const KernelEntry* e : plan.launches()) {
+    for (const Step& s : plan.launches()) {
       const gpu::Module* module = nullptr;
-      TMOE_RETURN_IF_ERROR(launcher_.modules().get(*e, &module));
+      TMOE_RETURN_IF_ERROR(launcher_.modules().get(*s.entry, &module));
     }
     if (!p.routed_from_logits() && !exec.trust_routing_values) {
       TMOE_RETURN_IF_ERROR(check_given_routing(p, exec.stream));
@@ -312,20 +316,28 @@ class GpuBackend final : public gpu::TunableBackend {
     q.R = p.k + (p.has_shared_expert() ? 1 : 0);
     const int64_t e_bucket = p.E <= 64 ? 64 : p.E <= 256 ? 256 : 1024;
     if (p.routed_from_logits()) {
-      TMOE_RETURN_IF_ERROR(select("route", std::string(dtype_key(p.logits_dtype)) + "_e" + std::to_string(e_bucket), &q.route));
+      TMOE_RETURN_IF_ERROR(select("route", std::string(dtype_key(p.logits_dtype)) + "_e" + std::to_string(e_bucket), &q.route.entry));
+      q.route.programs = p.T;
     }
     if (q.choice.path == gpu::GemmPath::decode) {
       if (!hints.decode()) {
         return Status::unsupported("the decode path needs 16-byte aligned tensors and H, I (and the shared expert's I) "
                                    "multiples of 16");
       }
-      return plan_decode(p, &q);
+      TMOE_RETURN_IF_ERROR(plan_decode(p, &q));
+    } else {
+      if (q.choice.block_m != kFallbackBlockM && !hints.routed) {
+        return Status::unsupported("sorted m" + std::to_string(q.choice.block_m) +
+                                   " needs 16-byte aligned tensors and H, I multiples of 16");
+      }
+      TMOE_RETURN_IF_ERROR(plan_sorted(p, hints, e_bucket, &q));
     }
-    if (q.choice.block_m != kFallbackBlockM && !hints.routed) {
-      return Status::unsupported("sorted m" + std::to_string(q.choice.block_m) +
-                                 " needs 16-byte aligned tensors and H, I multiples of 16");
+    for (const Step& s : q.launches()) {
+      const size_t needed = gpu::scratch_bytes(*s.entry, Dim3{static_cast<uint32_t>(s.programs), 1, 1});
+      q.ws.scratch_bytes = std::max(q.ws.scratch_bytes, needed);
     }
-    return plan_sorted(p, hints, e_bucket, &q);
+    if (q.ws.scratch_bytes > 0) q.ws.scratch = q.ws.add(q.ws.scratch_bytes);
+    return Status::ok();
   }
 
   Status check_index_range(const MoeProblem& p, const Plan& q) const {
@@ -350,13 +362,16 @@ class GpuBackend final : public gpu::TunableBackend {
     TMOE_RETURN_IF_ERROR(check_index_range(p, q));
     const std::string act = dtype_key(p.dtype);
     const std::string gate_up_tile = tile(q.choice.gate_up_tile);
-    TMOE_RETURN_IF_ERROR(select("decode_gate_up_swiglu", act + "_routed" + gate_up_tile, &q.decode_gate_up));
+    TMOE_RETURN_IF_ERROR(select("decode_gate_up_swiglu", act + "_routed" + gate_up_tile, &q.decode_gate_up.entry));
+    q.decode_gate_up.cover(q.S, p.I, "BLOCK_N");
     if (p.has_shared_expert()) {
-      TMOE_RETURN_IF_ERROR(select("decode_gate_up_swiglu", act + "_dense" + gate_up_tile, &q.decode_shared_gate_up));
+      TMOE_RETURN_IF_ERROR(select("decode_gate_up_swiglu", act + "_dense" + gate_up_tile, &q.decode_shared_gate_up.entry));
+      q.decode_shared_gate_up.cover(p.T, p.shared_I, "BLOCK_N");
     }
     TMOE_RETURN_IF_ERROR(select("decode_down_combine",
                                 decode_down_prefix(p) + tile(q.choice.down_tile),
-                                &q.decode_down));
+                                &q.decode_down.entry));
+    q.decode_down.cover(p.T, p.H, "BLOCK_N");
     const size_t esize = dtype_size(p.dtype);
     layout_routing(p, &q);
     q.ws.h = q.ws.add(static_cast<size_t>(q.S) * p.I * esize);
@@ -374,18 +389,26 @@ class GpuBackend final : public gpu::TunableBackend {
     const int64_t chunk = q.S <= 16384 ? 256 : 2048;
     q.chunks = cdiv(q.S, chunk);
     const std::string align_variant = std::string("c") + std::to_string(chunk) + "_e" + std::to_string(e_bucket);
-    TMOE_RETURN_IF_ERROR(select("align_count", align_variant, &q.align_count));
-    TMOE_RETURN_IF_ERROR(select("align_scatter", align_variant, &q.align_scatter));
-    TMOE_RETURN_IF_ERROR(select("gate_up_swiglu", gemm_variant(act, "routed", block_m, q.choice.gate_up_tile), &q.gate_up));
-    TMOE_RETURN_IF_ERROR(select("down", gemm_variant(act, "routed", block_m, q.choice.down_tile), &q.down));
+    TMOE_RETURN_IF_ERROR(select("align_count", align_variant, &q.align_count.entry));
+    TMOE_RETURN_IF_ERROR(select("align_scatter", align_variant, &q.align_scatter.entry));
+    q.align_count.programs = q.align_scatter.programs = q.chunks;
+    TMOE_RETURN_IF_ERROR(select("gate_up_swiglu", gemm_variant(act, "routed", block_m, q.choice.gate_up_tile), &q.gate_up.entry));
+    TMOE_RETURN_IF_ERROR(select("down", gemm_variant(act, "routed", block_m, q.choice.down_tile), &q.down.entry));
+    const int64_t m_blocks = q.capacity / block_m;
+    q.gate_up.cover(m_blocks, p.I, "BLOCK_N");
+    q.down.cover(m_blocks, p.H, "BLOCK_N");
     if (p.has_shared_expert()) {
       q.shared_block_m = hints.shared ? gemm_block_m(p.T) : kFallbackBlockM;
-      TMOE_RETURN_IF_ERROR(select("gate_up_swiglu", gemm_variant(act, "dense", q.shared_block_m, 0), &q.shared_gate_up));
-      TMOE_RETURN_IF_ERROR(select("down", gemm_variant(act, "dense", q.shared_block_m, 0), &q.shared_down));
+      TMOE_RETURN_IF_ERROR(select("gate_up_swiglu", gemm_variant(act, "dense", q.shared_block_m, 0), &q.shared_gate_up.entry));
+      TMOE_RETURN_IF_ERROR(select("down", gemm_variant(act, "dense", q.shared_block_m, 0), &q.shared_down.entry));
+      const int64_t shared_blocks = cdiv(p.T, q.shared_block_m);
+      q.shared_gate_up.cover(shared_blocks, p.shared_I, "BLOCK_N");
+      q.shared_down.cover(shared_blocks, p.H, "BLOCK_N");
     }
     if (!q.direct) {
       const bool combine_hinted = p.H % 16 == 0 && aligned16(p.out);
-      TMOE_RETURN_IF_ERROR(select("combine", std::string(act) + (combine_hinted ? "_div16" : "_any"), &q.combine));
+      TMOE_RETURN_IF_ERROR(select("combine", std::string(act) + (combine_hinted ? "_div16" : "_any"), &q.combine.entry));
+      q.combine.cover(p.T, p.H, "BLOCK_H");
     }
 
     const size_t esize = dtype_size(p.dtype);
@@ -424,8 +447,9 @@ class GpuBackend final : public gpu::TunableBackend {
     return validate_routing_values(host);
   }
 
-  Status launch(const KernelEntry* e, int64_t programs, const ArgMap& args, void* stream) {
-    return launcher_.launch(*e, Dim3{static_cast<uint32_t>(programs), 1, 1}, args, stream);
+  Status launch(const Step& step, const ArgMap& args, const Plan& q, uint8_t* ws, void* stream) {
+    const gpu::ScratchSpace scratch{device_address(ws + q.ws.scratch).value, q.ws.scratch_bytes};
+    return launcher_.launch(*step.entry, Dim3{static_cast<uint32_t>(step.programs), 1, 1}, args, stream, scratch);
   }
 
   // The routing the GEMMs read: route's output in the workspace, or the caller's.
@@ -437,9 +461,9 @@ class GpuBackend final : public gpu::TunableBackend {
   }
 
   Status enqueue_route(const MoeProblem& p, const Plan& q, uint8_t* ws, void* stream) {
-    if (q.route == nullptr) return Status::ok();
+    if (!q.route) return Status::ok();
     const RoutingConfig& r = p.routing;
-    return launch(q.route, p.T,
+    return launch(q.route,
                   {{"logits", device_address(p.logits)},
                    {"correction_bias", device_address(r.correction_bias)},
                    {"topk_ids", routing_ids(p, q, ws)},
@@ -452,7 +476,7 @@ class GpuBackend final : public gpu::TunableBackend {
                    {"topk_group", i32(r.topk_group)},
                    {"routed_scaling_factor", r.routed_scaling_factor},
                    {"has_correction_bias", i32(r.correction_bias != nullptr)}},
-                  stream);
+                  q, ws, stream);
   }
 
   Status enqueue_decode(const MoeProblem& p, const Plan& q, uint8_t* ws, void* stream) {
@@ -460,7 +484,7 @@ class GpuBackend final : public gpu::TunableBackend {
     const gpu::DeviceAddress null{0};
     const gpu::DeviceAddress ids = routing_ids(p, q, ws);
     TMOE_RETURN_IF_ERROR(enqueue_route(p, q, ws, stream));
-    TMOE_RETURN_IF_ERROR(launch(q.decode_gate_up, q.S * cdiv(p.I, q.decode_gate_up->constexpr_or("BLOCK_N", 0)),
+    TMOE_RETURN_IF_ERROR(launch(q.decode_gate_up,
                                 {{"x", device_address(p.x)},
                                  {"w13", device_address(p.w13)},
                                  {"h", at(q.ws.h)},
@@ -468,10 +492,9 @@ class GpuBackend final : public gpu::TunableBackend {
                                  {"top_k", i32(p.k)},
                                  {"H", i32(p.H)},
                                  {"I", i32(p.I)}},
-                                stream));
+                                q, ws, stream));
     if (q.decode_shared_gate_up) {
-      const int64_t n_blocks = cdiv(p.shared_I, q.decode_shared_gate_up->constexpr_or("BLOCK_N", 0));
-      TMOE_RETURN_IF_ERROR(launch(q.decode_shared_gate_up, p.T * n_blocks,
+      TMOE_RETURN_IF_ERROR(launch(q.decode_shared_gate_up,
                                   {{"x", device_address(p.x)},
                                    {"w13", device_address(p.shared_w13)},
                                    {"h", at(q.ws.h_shared)},
@@ -479,10 +502,10 @@ class GpuBackend final : public gpu::TunableBackend {
                                    {"top_k", 1},
                                    {"H", i32(p.H)},
                                    {"I", i32(p.shared_I)}},
-                                  stream));
+                                  q, ws, stream));
     }
     const bool shared = p.has_shared_expert();
-    return launch(q.decode_down, p.T * cdiv(p.H, q.decode_down->constexpr_or("BLOCK_N", 0)),
+    return launch(q.decode_down,
                   {{"h", at(q.ws.h)},
                    {"w2", device_address(p.w2)},
                    {"out", device_address(p.out)},
@@ -494,7 +517,7 @@ class GpuBackend final : public gpu::TunableBackend {
                    {"H", i32(p.H)},
                    {"I", i32(p.I)},
                    {"shared_I", i32(shared ? p.shared_I : 0)}},
-                  stream);
+                  q, ws, stream);
   }
 
   Status enqueue_sorted(const MoeProblem& p, const Plan& q, uint8_t* ws, void* stream) {
@@ -503,15 +526,15 @@ class GpuBackend final : public gpu::TunableBackend {
     const gpu::DeviceAddress weights = routing_weights(p, q, ws);
     const gpu::DeviceAddress null{0};
     TMOE_RETURN_IF_ERROR(enqueue_route(p, q, ws, stream));
-    TMOE_RETURN_IF_ERROR(launch(q.align_count, q.chunks,
+    TMOE_RETURN_IF_ERROR(launch(q.align_count,
                                 {{"topk_ids", ids},
                                  {"chunk_counts", at(q.ws.chunk_counts)},
                                  {"sorted_slots", at(q.ws.sorted_slots)},
                                  {"num_slots", i32(q.S)},
                                  {"E", i32(p.E)},
                                  {"capacity", i32(q.capacity)}},
-                                stream));
-    TMOE_RETURN_IF_ERROR(launch(q.align_scatter, q.chunks,
+                                q, ws, stream));
+    TMOE_RETURN_IF_ERROR(launch(q.align_scatter,
                                 {{"topk_ids", ids},
                                  {"chunk_counts", at(q.ws.chunk_counts)},
                                  {"expert_counts", at(q.ws.expert_counts)},
@@ -522,9 +545,8 @@ class GpuBackend final : public gpu::TunableBackend {
                                  {"E", i32(p.E)},
                                  {"block_m", i32(q.choice.block_m)},
                                  {"capacity", i32(q.capacity)}},
-                                stream));
-    const int64_t m_blocks = q.capacity / q.choice.block_m;
-    TMOE_RETURN_IF_ERROR(launch(q.gate_up, m_blocks * cdiv(p.I, q.gate_up->constexpr_or("BLOCK_N", 0)),
+                                q, ws, stream));
+    TMOE_RETURN_IF_ERROR(launch(q.gate_up,
                                 {{"x", device_address(p.x)},
                                  {"w13", device_address(p.w13)},
                                  {"h", at(q.ws.h)},
@@ -534,9 +556,9 @@ class GpuBackend final : public gpu::TunableBackend {
                                  {"top_k", i32(p.k)},
                                  {"H", i32(p.H)},
                                  {"I", i32(p.I)}},
-                                stream));
+                                q, ws, stream));
     const gpu::DeviceAddress y = q.direct ? device_address(p.out) : at(q.ws.y);
-    TMOE_RETURN_IF_ERROR(launch(q.down, m_blocks * cdiv(p.H, q.down->constexpr_or("BLOCK_N", 0)),
+    TMOE_RETURN_IF_ERROR(launch(q.down,
                                 {{"h", at(q.ws.h)},
                                  {"w2", device_address(p.w2)},
                                  {"y", y},
@@ -549,10 +571,9 @@ class GpuBackend final : public gpu::TunableBackend {
                                  {"I", i32(p.I)},
                                  {"y_rows_per_token", i32(q.R)},
                                  {"y_first_row", 0}},
-                                stream));
+                                q, ws, stream));
     if (p.has_shared_expert()) {
-      const int64_t shared_blocks = cdiv(p.T, q.shared_block_m);
-      TMOE_RETURN_IF_ERROR(launch(q.shared_gate_up, shared_blocks * cdiv(p.shared_I, q.shared_gate_up->constexpr_or("BLOCK_N", 0)),
+      TMOE_RETURN_IF_ERROR(launch(q.shared_gate_up,
                                   {{"x", device_address(p.x)},
                                    {"w13", device_address(p.shared_w13)},
                                    {"h", at(q.ws.h_shared)},
@@ -562,8 +583,8 @@ class GpuBackend final : public gpu::TunableBackend {
                                    {"top_k", 1},
                                    {"H", i32(p.H)},
                                    {"I", i32(p.shared_I)}},
-                                  stream));
-      TMOE_RETURN_IF_ERROR(launch(q.shared_down, shared_blocks * cdiv(p.H, q.shared_down->constexpr_or("BLOCK_N", 0)),
+                                  q, ws, stream));
+      TMOE_RETURN_IF_ERROR(launch(q.shared_down,
                                   {{"h", at(q.ws.h_shared)},
                                    {"w2", device_address(p.shared_w2)},
                                    {"y", y},
@@ -576,12 +597,12 @@ class GpuBackend final : public gpu::TunableBackend {
                                    {"I", i32(p.shared_I)},
                                    {"y_rows_per_token", i32(q.R)},
                                    {"y_first_row", i32(p.k)}},
-                                  stream));
+                                  q, ws, stream));
     }
     if (q.combine) {
-      TMOE_RETURN_IF_ERROR(launch(q.combine, p.T * cdiv(p.H, q.combine->constexpr_or("BLOCK_H", 0)),
+      TMOE_RETURN_IF_ERROR(launch(q.combine,
                                   {{"y", y}, {"out", device_address(p.out)}, {"H", i32(p.H)}, {"rows_per_token", i32(q.R)}},
-                                  stream));
+                                  q, ws, stream));
     }
     return Status::ok();
   }

@@ -39,6 +39,9 @@ JOINED = dict(JOINED=True)
 # 8 unless a tile says otherwise.
 GROUP8 = dict(GROUP_M=8)
 GROUP16 = dict(GROUP_M=16)
+# down's operands through device-side tensor descriptors (kernels/down_combine.py): TMA
+# on Hopper; Triton rewrites them to pointer loads on other targets.
+TMA = dict(TMA=True)
 
 # BLOCK_M -> tiles, each backend -> (BLOCK_N, BLOCK_K, num_warps, num_stages[, constexprs]). A tile's
 # index is its name ("t0", "t1", ...): `tmoe tune` times them and configs/<device>.json
@@ -73,8 +76,12 @@ DOWN_TILES = {
           {"cuda": (256, 64, 8, 3), "hip": (256, 32, 8, 2)},
           {"cuda": (128, 128, 8, 2), "hip": (128, 64, 4, 2)},
           {"cuda": (256, 64, 8, 3, GROUP16), "hip": (256, 32, 8, 2, GROUP16)},
-          {"cuda": (128, 64, 8, 3, GROUP16), "hip": (128, 64, 8, 2, GROUP16)}),
+          {"cuda": (128, 64, 8, 3, GROUP16), "hip": (128, 64, 8, 2, GROUP16)},
+          {"cuda": (256, 64, 8, 3, TMA), "hip": (256, 32, 8, 2, TMA)}),
 }
+# The constexprs a grouped GEMM tile sets unless it says otherwise.
+GATE_UP_DEFAULTS = dict(GROUP8, JOINED=False, TMA=False)
+DOWN_DEFAULTS = dict(GROUP8, TMA=False)
 FALLBACK_BLOCK_M = 32
 FALLBACK_TILE = {"cuda": (64, 64, 4, 3), "hip": (64, 64, 4, 2)}
 
@@ -175,7 +182,7 @@ def gate_up_variants():
         # The shared expert (dense) is not tuned: it keeps t0.
         for mode, routed, tiles in (("routed", True, GATE_UP_TILES), ("dense", False, first_tile_only(GATE_UP_TILES))):
             yield from gemm_variants("gate_up_swiglu", "gate_up_swiglu", f"{dtype}_{mode}", dtype, types, routed, tiles,
-                                     dict(GROUP8, JOINED=False))
+                                     GATE_UP_DEFAULTS)
 
 
 def down_variants():
@@ -188,7 +195,7 @@ def down_variants():
                          num_slots="i32", top_k="i32", H="i32", I="i32", y_rows_per_token="i32", y_first_row="i32")
             tiles = DOWN_TILES if routed else first_tile_only(DOWN_TILES)
             yield from gemm_variants("down", "down_combine", f"{dtype}_{mode}", dtype, types, routed, tiles,
-                                     dict(GROUP8, TMA=False))
+                                     DOWN_DEFAULTS)
 
 
 def combine_variants():

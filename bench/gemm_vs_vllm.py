@@ -1,0 +1,139 @@
+"""The grouped GEMMs alone: tritonmoe's `gate_up_swiglu` and `down` kernels beside
+vLLM's w13 and w2 launches of `fused_moe_kernel`, on the same inputs, one kernel per
+timed graph replay (L2 flushed before each). Where the large-T gap to vLLM sits
+(docs/performance-log.md #10, #15): run it after a change to kernels/gate_up_swiglu.py,
+kernels/down_combine.py or kernels/grouped_gemm.py.
+
+vLLM runs its best large-T config of the peers run (BLOCK 128x256x64, GROUP_SIZE_M
+16, 8 warps, 3 stages, bf16 output; its w13 writes gate and up, SwiGLU is a further
+kernel not timed here); ours runs each BLOCK_M 128 tile of tools/aot/variants.py as
+bundled (h and y in bf16, as in the library), compiled here by Triton's JIT, and each
+tile that is not a TMA tile also in its TMA form (weights, and for down also h,
+through device-side tensor descriptors).
+Both read the same routing: vLLM's alignment (in torch, bench/peers.py) is exactly
+ours (sorted_slots with sentinel S, one expert per block).
+
+Usage (GPU machine, repository root; .peers/ as in bench/README.md):
+  PYTHONPATH=. python3 bench/gemm_vs_vllm.py   [env MODELS=mixtral-8x7b,... TOKENS=1024,8192 STAGES=gate_up,down]
+"""
+import math
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+import triton
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import peers  # noqa: E402
+from kernels.down_combine import down  # noqa: E402
+from kernels.gate_up_swiglu import gate_up_swiglu  # noqa: E402
+from tools.aot import variants  # noqa: E402
+
+DEV = "cuda"
+BLOCK_M = 128
+VLLM_CONFIG = dict(BLOCK_SIZE_M=BLOCK_M, BLOCK_SIZE_N=256, BLOCK_SIZE_K=64, GROUP_SIZE_M=16, num_warps=8,
+                   num_stages=3)
+flush = torch.empty(512 * 2**20, dtype=torch.uint8, device=DEV)
+
+
+def graph_ms(fn, reps=15):
+    fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    times = []
+    for _ in range(reps):
+        flush.zero_()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[reps // 2]
+
+
+def tile_forms(tiles, defaults):
+    """(name, CUDA Config) of each BLOCK_M 128 tile as bundled, then its TMA form where it has none."""
+    for index, per_backend in enumerate(tiles[BLOCK_M]):
+        config = variants.tile_configs(per_backend, dict(defaults, ROUTED=True, BLOCK_M=BLOCK_M))["cuda"]
+        yield f"t{index}", config
+        if not config.constexprs["TMA"]:
+            yield f"t{index} +tma", variants.Config(dict(config.constexprs, TMA=True), config.num_warps,
+                                                     config.num_stages)
+
+
+def report(stage, name, config, ms, flops, err):
+    c = config.constexprs
+    print(f"  tmoe {stage} {name} {BLOCK_M}x{c['BLOCK_N']}x{c['BLOCK_K']} w{config.num_warps} s{config.num_stages} "
+          f"g{c['GROUP_M']}: {ms:.3f} ms {flops / ms / 1e9:.0f} TFLOP/s, rel err vs vLLM {err:.1e}", flush=True)
+
+
+def rel_err(ours, reference):
+    return ((ours.float() - reference).norm() / reference.norm()).item()
+
+
+def main():
+    models = peers.env_list("MODELS", "mixtral-8x7b,qwen3-30b-a3b,gpt-oss-120b")
+    tokens = [int(t) for t in peers.env_list("TOKENS", "1024,8192")]
+    stages = peers.env_list("STAGES", "gate_up,down")
+    print(f"{torch.cuda.get_device_name()}; {peers.gpu_state()}")
+    # The TMA forms build their tensor descriptors on the device, in scratch from here.
+    triton.set_allocator(lambda size, alignment, stream: torch.empty(size, device=DEV, dtype=torch.int8))
+    kernel = peers.vllm_module().fused_moe_kernel
+    for name in models:
+        m = peers.MODELS[name]
+        E, H, I, k = m["E"], m["H"], m["I"], m["k"]
+        gen = torch.Generator(device=DEV).manual_seed(1)
+        w13 = torch.randn(E, 2 * I, H, device=DEV, dtype=torch.bfloat16, generator=gen) / math.sqrt(H)
+        w2 = torch.randn(E, H, I, device=DEV, dtype=torch.bfloat16, generator=gen) / math.sqrt(I)
+        bias = 0.1 * torch.randn(E, device=DEV, generator=gen) if m["routing"] == "sigmoid_grouped_topk" else None
+        for T in tokens:
+            S = T * k
+            weights, ids = peers.torch_route(torch.randn(T, E, device=DEV, generator=gen), m, bias)
+            sorted_slots, expert_ids, total = peers.vllm_align(ids, E, BLOCK_M)
+            capacity = sorted_slots.numel()
+            valid = sorted_slots < S
+            m_blocks = capacity // BLOCK_M
+            block_expert = torch.where(torch.arange(m_blocks, device=DEV) * BLOCK_M < total, expert_ids, -1).int()
+            routing = (sorted_slots, expert_ids, total)
+            if "gate_up" in stages:
+                x = torch.randn(T, H, device=DEV, dtype=torch.bfloat16, generator=gen)
+                flops = 2 * S * 2 * I * H
+                c = torch.empty(S, 2 * I, device=DEV, dtype=torch.bfloat16)
+                grid, kw = peers.vllm_launch("w13", m, T, VLLM_CONFIG, (x, w13, c, weights.view(-1), routing))
+                ms = graph_ms(lambda: kernel[grid](**kw))
+                print(f"{name} T={T} vllm w13 128x256x64 w8 s3: {ms:.3f} ms {flops / ms / 1e9:.0f} TFLOP/s", flush=True)
+                gate, up = c.float().split(I, dim=1)
+                reference = (F.silu(gate) * up)[sorted_slots[valid].long()]
+                for tile_name, config in tile_forms(variants.GATE_UP_TILES, variants.GATE_UP_DEFAULTS):
+                    h = torch.empty(capacity, I, device=DEV, dtype=torch.bfloat16)
+                    grid = (m_blocks * triton.cdiv(I, config.constexprs["BLOCK_N"]),)
+                    ms = graph_ms(lambda: gate_up_swiglu[grid](  # noqa: E731
+                        x, w13, h, sorted_slots, block_expert, S, k, H, I, **config.constexprs,
+                        num_warps=config.num_warps, num_stages=config.num_stages))
+                    report("gate_up", tile_name, config, ms, flops, rel_err(h[valid], reference))
+            if "down" in stages:
+                a = torch.randn(S, I, device=DEV, dtype=torch.bfloat16, generator=gen)
+                flops = 2 * S * H * I
+                y_vllm = torch.empty(T, k, H, device=DEV, dtype=torch.bfloat16)
+                grid, kw = peers.vllm_launch("w2", m, T, VLLM_CONFIG, (a, w2, y_vllm, weights.view(-1), routing))
+                ms = graph_ms(lambda: kernel[grid](**kw))
+                print(f"{name} T={T} vllm w2 128x256x64 w8 s3: {ms:.3f} ms {flops / ms / 1e9:.0f} TFLOP/s", flush=True)
+                reference = y_vllm.float().view(S, H)
+                # Ours reads h by padded position (gate_up writes it so); vLLM gathers rows of a by slot.
+                h = torch.zeros(capacity, I, device=DEV, dtype=torch.bfloat16)
+                h[valid] = a[sorted_slots[valid].long()]
+                for tile_name, config in tile_forms(variants.DOWN_TILES, variants.DOWN_DEFAULTS):
+                    y = torch.empty(S, H, device=DEV, dtype=torch.bfloat16)
+                    grid = (m_blocks * triton.cdiv(H, config.constexprs["BLOCK_N"]),)
+                    ms = graph_ms(lambda: down[grid](  # noqa: E731
+                        h, w2, y, sorted_slots, block_expert, weights.view(-1), S, k, H, I, k, 0,
+                        **config.constexprs, num_warps=config.num_warps, num_stages=config.num_stages))
+                    report("down", tile_name, config, ms, flops, rel_err(y, reference))
+
+
+if __name__ == "__main__":
+    main()
