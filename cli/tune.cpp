@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <ctime>
 #include <fstream>
+#include <iterator>
 #include <nlohmann/json.hpp>
 #include <stdexcept>
 #include <utility>
@@ -13,6 +14,7 @@
 
 #include "bench_device.hpp"
 #include "gpu/gpu_backend.hpp"
+#include "gpu/tuning.hpp"
 #include "layer_inputs.hpp"
 
 namespace tmoe::cli {
@@ -66,16 +68,29 @@ int run_tune(const TuneOptions& opt) {
   table["timing"] =
       "median of CUDA-graph replays of the whole layer from router logits; the sweep's 3 fastest and the heuristic "
       "timed again in 5 alternating rounds, the median round decides";
+  // An existing table of this device keeps the shapes this run does not tune
+  // (checked now, before minutes of sweeping, and merged at every write).
+  std::string existing;
+  if (std::ifstream in(out_file); in) {
+    existing.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    nlohmann::json probe = table;
+    check(gpu::merge_tuning_table(existing, "--out " + out_file, &probe));
+    std::printf("updating %s: its other shapes are kept\n", out_file.c_str());
+  }
   bool all_ok = true;
   // Written after every model, so an interrupted sweep keeps what it measured.
   auto write_table = [&] {
+    nlohmann::json merged = table;
+    if (!existing.empty()) check(gpu::merge_tuning_table(existing, "--out " + out_file, &merged));
     std::ofstream f(out_file);
     if (!f) throw std::runtime_error("--out: cannot write " + out_file);
-    f << table.dump(1) << "\n";
+    f << merged.dump(1) << "\n";
   };
   for (const ModelShape& m : opt.models) {
     const LayerInputs inputs(*dev, m, dtype, opt.seed);
-    nlohmann::json shape = {{"name", m.name}, {"E", m.E}, {"H", m.H}, {"I", m.I}, {"k", m.k}};
+    // Each shape says when and how it was tuned: a merged table holds several runs.
+    nlohmann::json shape = {{"name", m.name}, {"E", m.E},          {"H", m.H}, {"I", m.I},
+                            {"k", m.k},       {"tuned", today()}, {"command", opt.command}};
     std::printf("%s (H=%lld I=%lld E=%lld k=%lld)\n", m.name.c_str(), (long long)m.H, (long long)m.I, (long long)m.E,
                 (long long)m.k);
     std::printf("%8s %11s %-22s %14s %-22s %8s %11s\n", "T", "best ms", "best", "heuristic ms", "heuristic", "speedup",

@@ -33,9 +33,9 @@ def gate_up_swiglu(x, w13, h, sorted_slots, block_expert, num_slots, top_k, H, I
     gate_tile = w13 + expert.to(tl.int64) * 2 * I * H + w_cols.to(tl.int64)[None, :] * H + ks[:, None]
     up_offset = I.to(tl.int64) * H
     if TMA:
-        # Experimental (bench/gemm_vs_vllm.py; not in the bundle): the weight tiles through a
-        # device-side tensor descriptor over w13[expert] seen as [2, I, H] (TMA on Hopper,
-        # zero-filled past the edges); x's rows are gathered by token, so they stay pointer loads.
+        # The weight tiles through a device-side tensor descriptor over w13[expert] seen as
+        # [2, I, H] (TMA on Hopper, zero-filled past the edges; up to 10% faster at large T,
+        # performance-log.md #16); x's rows are gathered by token, so they stay pointer loads.
         n0 = pid_n * BLOCK_N
         w_expert = w13 + expert.to(tl.int64) * 2 * I * H
         if JOINED:

@@ -119,6 +119,35 @@ TEST(TuningTableTest, EnvironmentTableMustBeReadableAndOfThisDevice) {
   EXPECT_EQ(table, nullptr) << "an untuned device gets the heuristic";
 }
 
+TEST(TuningTableTest, RetuningSomeShapesKeepsTheOthersOfTheSameDeviceOnly) {
+  nlohmann::json fresh = nlohmann::json::parse(kTable);
+  fresh["shapes"][0]["buckets"] = {{{"max_tokens", 8}, {"path", "sorted"}, {"block_m", 64}, {"gate_up_tile", 3},
+                                    {"down_tile", 1}}};
+  nlohmann::json existing = nlohmann::json::parse(kTable);
+  existing["shapes"].push_back(existing["shapes"][0]);
+  existing["shapes"][1]["name"] = "other";
+  existing["shapes"][1]["k"] = 4;
+  ASSERT_TRUE(merge_tuning_table(existing.dump(), "old.json", &fresh).is_ok());
+  TuningTable merged;
+  const Status s = TuningTable::parse(fresh.dump(), "merged", &merged);
+  ASSERT_TRUE(s.is_ok()) << s.message();
+  ASSERT_EQ(merged.entries().size(), 2u);
+  EXPECT_EQ(*merged.find({8, 256, 128, 2}, 1), (KernelChoice{GemmPath::sorted, 64, 3, 1})) << "the re-tuned shape";
+  EXPECT_EQ(*merged.find({8, 256, 128, 4}, 1), (KernelChoice{GemmPath::decode, 0, 1, 2})) << "the kept shape";
+
+  nlohmann::json elsewhere = nlohmann::json::parse(kTable);
+  elsewhere["device"] = "Other GPU";
+  nlohmann::json untouched = nlohmann::json::parse(kTable);
+  const Status refused = merge_tuning_table(elsewhere.dump(), "old.json", &untouched);
+  EXPECT_EQ(refused.code(), TMOE_ERROR_INVALID_ARGUMENT);
+  EXPECT_NE(refused.message().find("old.json was tuned on Other GPU (cuda:90), this device is Some GPU (cuda:90)"),
+            std::string::npos)
+      << refused.message();
+  EXPECT_EQ(untouched, nlohmann::json::parse(kTable));
+  const Status damaged = merge_tuning_table("{", "old.json", &untouched);
+  EXPECT_NE(damaged.message().find("old.json"), std::string::npos) << damaged.message();
+}
+
 TEST(TuningTableTest, DeviceSlugsNameTheTableFiles) {
   EXPECT_EQ(device_slug("NVIDIA H100 80GB HBM3"), "nvidia-h100-80gb-hbm3");
   EXPECT_EQ(device_slug("  AMD Instinct MI300X "), "amd-instinct-mi300x");

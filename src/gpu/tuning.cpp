@@ -1,5 +1,6 @@
 #include "gpu/tuning.hpp"
 
+#include <algorithm>
 #include <cctype>
 #include <cstdlib>
 #include <fstream>
@@ -99,6 +100,25 @@ Status TuningTable::parse(std::string_view json_text, const std::string& origin,
   } catch (const std::exception& e) {
     return Status::invalid(std::string("tuning table ") + e.what());
   }
+}
+
+Status merge_tuning_table(std::string_view existing, const std::string& origin, json* fresh) {
+  TuningTable old;
+  TMOE_RETURN_IF_ERROR(TuningTable::parse(existing, origin, &old));
+  const std::string device = fresh->value("device", ""), target = fresh->value("target", "");
+  if (old.device() != device || old.target() != target) {
+    return Status::invalid(origin + " was tuned on " + old.device() + " (" + old.target() + "), this device is " +
+                           device + " (" + target + "): name another --out");
+  }
+  json& shapes = (*fresh)["shapes"];
+  if (shapes.is_null()) shapes = json::array();
+  auto shape_of = [](const json& s) { return ExpertShape{s.at("E"), s.at("H"), s.at("I"), s.at("k")}; };
+  const json kept = json::parse(existing);
+  for (const json& s : kept["shapes"]) {
+    const bool retuned = std::any_of(shapes.begin(), shapes.end(), [&](const json& f) { return shape_of(f) == shape_of(s); });
+    if (!retuned) shapes.push_back(s);
+  }
+  return Status::ok();
 }
 
 const KernelChoice* TuningTable::find(const ExpertShape& shape, int64_t T) const {

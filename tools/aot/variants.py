@@ -39,8 +39,8 @@ JOINED = dict(JOINED=True)
 # 8 unless a tile says otherwise.
 GROUP8 = dict(GROUP_M=8)
 GROUP16 = dict(GROUP_M=16)
-# down's operands through device-side tensor descriptors (kernels/down_combine.py): TMA
-# on Hopper; Triton rewrites them to pointer loads on other targets.
+# The weights (and down's h) through device-side tensor descriptors: TMA on Hopper;
+# Triton rewrites them to pointer loads on other targets.
 TMA = dict(TMA=True)
 
 # BLOCK_M -> tiles, each backend -> (BLOCK_N, BLOCK_K, num_warps, num_stages[, constexprs]). A tile's
@@ -63,7 +63,9 @@ GATE_UP_TILES = {
           {"cuda": (64, 64, 4, 4), "hip": (64, 64, 4, 2)},
           {"cuda": (128, 32, 8, 4), "hip": (128, 32, 8, 2)},
           {"cuda": (128, 64, 8, 3, JOINED), "hip": (128, 64, 8, 2, JOINED)},
-          {"cuda": (128, 64, 8, 3, JOINED | GROUP16), "hip": (128, 64, 8, 2, JOINED | GROUP16)}),
+          {"cuda": (128, 64, 8, 3, JOINED | GROUP16), "hip": (128, 64, 8, 2, JOINED | GROUP16)},
+          {"cuda": (128, 64, 8, 3, JOINED | TMA), "hip": (128, 64, 8, 2, JOINED | TMA)},
+          {"cuda": (128, 64, 8, 3, JOINED | GROUP16 | TMA), "hip": (128, 64, 8, 2, JOINED | GROUP16 | TMA)}),
 }
 DOWN_TILES = {
     16: ({"cuda": (64, 128, 4, 4), "hip": (64, 64, 4, 2)},
