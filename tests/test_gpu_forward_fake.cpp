@@ -264,10 +264,11 @@ class GpuForwardFakeTest : public ::testing::TestWithParam<Api> {
   }
 
   // The heuristic's (gate_up, down) tiles of the routed GEMMs for BLOCK_M m
-  // (docs/kernels.md): the H100 sweep's most frequent winners on CUDA, t0 on HIP.
+  // (docs/kernels.md): the H100 sweep's most frequent winners on CUDA (the fake is
+  // sm_90: the TMA tiles at m128), t0 on HIP.
   std::pair<int, int> heuristic_tiles(int64_t m) const {
     if (!cuda()) return {0, 0};
-    return {m == 16 ? 1 : m == 64 ? 2 : 3, m == 64 ? 1 : 0};
+    return {m == 16 ? 1 : m == 64 ? 2 : 6, m == 64 ? 1 : m == 128 ? 5 : 0};
   }
 
   // The heuristic's routed gate_up and down variants for BLOCK_M m, as variant_names() lists them.
