@@ -633,6 +633,21 @@ class GpuForwardFakeTest : public ::testing::TestWithParam<Api> {
 
   tmoe_status forward(const Layer& l) { return tmoe_moe_forward(ctx_, &l.args); }
 
+  // Writes a tuning table of the fake device that gives c's shape `tuned` at every
+  // T and points TMOE_TUNING_TABLE at it (before the context opens); returns its path.
+  std::string use_tuning_table(const Case& c, const TunedTiles& tuned) {
+    const std::string path = ::testing::TempDir() + "/tmoe_fake_table.json";
+    std::ofstream(path) << nlohmann::json{
+        {"format", 1},
+        {"device", cuda() ? "Fake CUDA GPU sm_90" : "Fake HIP GPU gfx942"},
+        {"target", target()},
+        {"shapes", {{{"E", c.E}, {"H", c.H}, {"I", c.I}, {"k", c.k},
+                     {"buckets", {{{"max_tokens", 1024}, {"path", "sorted"}, {"block_m", tuned.block_m},
+                                   {"gate_up_tile", tuned.gate_up}, {"down_tile", tuned.down}}}}}}}};
+    env_.set("TMOE_TUNING_TABLE", path);
+    return path;
+  }
+
   ScopedEnv env_;
   const Bundle* bundle_ = nullptr;
   std::shared_ptr<Device> device_;
@@ -921,15 +936,7 @@ TEST_P(GpuForwardFakeTest, CallerWorkspaceHoldsEveryBufferAndMustBeLargeEnough) 
 TEST_P(GpuForwardFakeTest, TmaDownTileGetsItsScratchFromTheWorkspace) {
   const Case& c = kMain;
   const TunedTiles tuned{128, 0, 5};
-  const std::string table = ::testing::TempDir() + "/tmoe_tma_table.json";
-  std::ofstream(table) << nlohmann::json{
-      {"format", 1},
-      {"device", cuda() ? "Fake CUDA GPU sm_90" : "Fake HIP GPU gfx942"},
-      {"target", target()},
-      {"shapes", {{{"E", c.E}, {"H", c.H}, {"I", c.I}, {"k", c.k},
-                   {"buckets", {{{"max_tokens", 1024}, {"path", "sorted"}, {"block_m", tuned.block_m},
-                                 {"gate_up_tile", tuned.gate_up}, {"down_tile", tuned.down}}}}}}}};
-  env_.set("TMOE_TUNING_TABLE", table);
+  const std::string table = use_tuning_table(c, tuned);
   OPEN_CONTEXT_OR_RETURN();
   Layer l = make_layer(c);
   const std::vector<ExpectedLaunch> expected = expected_launches(l, tuned);
@@ -947,6 +954,21 @@ TEST_P(GpuForwardFakeTest, TmaDownTileGetsItsScratchFromTheWorkspace) {
   l.args.workspace_bytes = bytes;
   ASSERT_EQ(forward(l), TMOE_SUCCESS) << tmoe_last_error();
   check_launches(l, expected, workspace, bytes);
+  std::remove(table.c_str());
+}
+
+// BLOCK_M 32 has a hinted tile for tuned tables (the heuristic never picks it),
+// beside the unhinted fallback of the same BLOCK_M.
+TEST_P(GpuForwardFakeTest, TunedBlockM32RunsItsHintedTile) {
+  const TunedTiles tuned{32, 0, 0};
+  const std::string table = use_tuning_table(kMain, tuned);
+  OPEN_CONTEXT_OR_RETURN();
+  Layer l = make_layer(kMain);
+  const std::vector<ExpectedLaunch> expected = expected_launches(l, tuned);
+  EXPECT_EQ(expected[3].entry->variant, "bf16_routed_m32_t0_div16");
+  EXPECT_EQ(expected[4].entry->variant, "bf16_routed_m32_t0_div16");
+  ASSERT_EQ(forward(l), TMOE_SUCCESS) << tmoe_last_error();
+  check_launches(l, expected);
   std::remove(table.c_str());
 }
 

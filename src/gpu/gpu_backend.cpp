@@ -163,7 +163,7 @@ class GpuBackend final : public gpu::TunableBackend {
                 tiles("decode_down_combine", decode_down_prefix(p), "").size());
     }
     if (!hints.routed) return {heuristic(p, hints)};
-    for (int block_m : {16, 64, 128}) {
+    for (int block_m : {16, 32, 64, 128}) {
       const std::string m = std::string("_m") + std::to_string(block_m);
       add_pairs(gpu::GemmPath::sorted, block_m, tiles("gate_up_swiglu", act + "_routed" + m, "_div16").size(),
                 tiles("down", act + "_routed" + m, "_div16").size());
@@ -395,15 +395,16 @@ class GpuBackend final : public gpu::TunableBackend {
     TMOE_RETURN_IF_ERROR(select("align_count", align_variant, &q.align_count.entry));
     TMOE_RETURN_IF_ERROR(select("align_scatter", align_variant, &q.align_scatter.entry));
     q.align_count.programs = q.align_scatter.programs = q.chunks;
-    TMOE_RETURN_IF_ERROR(select("gate_up_swiglu", gemm_variant(act, "routed", block_m, q.choice.gate_up_tile), &q.gate_up.entry));
-    TMOE_RETURN_IF_ERROR(select("down", gemm_variant(act, "routed", block_m, q.choice.down_tile), &q.down.entry));
+    const std::string gate_up = gemm_variant(act, "routed", block_m, hints.routed, q.choice.gate_up_tile);
+    TMOE_RETURN_IF_ERROR(select("gate_up_swiglu", gate_up, &q.gate_up.entry));
+    TMOE_RETURN_IF_ERROR(select("down", gemm_variant(act, "routed", block_m, hints.routed, q.choice.down_tile), &q.down.entry));
     const int64_t m_blocks = q.capacity / block_m;
     q.gate_up.cover(m_blocks, p.I, "BLOCK_N");
     q.down.cover(m_blocks, p.H, "BLOCK_N");
     if (p.has_shared_expert()) {
       q.shared_block_m = hints.shared ? gemm_block_m(p.T) : kFallbackBlockM;
-      TMOE_RETURN_IF_ERROR(select("gate_up_swiglu", gemm_variant(act, "dense", q.shared_block_m, 0), &q.shared_gate_up.entry));
-      TMOE_RETURN_IF_ERROR(select("down", gemm_variant(act, "dense", q.shared_block_m, 0), &q.shared_down.entry));
+      TMOE_RETURN_IF_ERROR(select("gate_up_swiglu", gemm_variant(act, "dense", q.shared_block_m, hints.shared, 0), &q.shared_gate_up.entry));
+      TMOE_RETURN_IF_ERROR(select("down", gemm_variant(act, "dense", q.shared_block_m, hints.shared, 0), &q.shared_down.entry));
       const int64_t shared_blocks = cdiv(p.T, q.shared_block_m);
       q.shared_gate_up.cover(shared_blocks, p.shared_I, "BLOCK_N");
       q.shared_down.cover(shared_blocks, p.H, "BLOCK_N");
@@ -428,10 +429,10 @@ class GpuBackend final : public gpu::TunableBackend {
     return Status::ok();
   }
 
-  // "bf16_routed_m64_t1_div16"; the unhinted fallback is "bf16_routed_m32_any".
-  static std::string gemm_variant(const char* dtype, const char* mode, int64_t block_m, int tile_index) {
+  // "bf16_routed_m64_t1_div16"; unhinted, the fallback "bf16_routed_m32_any".
+  static std::string gemm_variant(const char* dtype, const char* mode, int64_t block_m, bool hinted, int tile_index) {
     const std::string base = std::string(dtype) + "_" + mode + "_m" + std::to_string(block_m);
-    return block_m == kFallbackBlockM ? base + "_any" : base + tile(tile_index) + "_div16";
+    return hinted ? base + tile(tile_index) + "_div16" : base + "_any";
   }
 
   // The caller's ids and weights, read once the work queued before this call on

@@ -50,11 +50,15 @@ TMA = dict(TMA=True)
 # by BLOCK_M (one alignment serves both GEMMs) and choose their tiles independently.
 # CUDA tiles fit the A100's shared memory (163 KiB) as well as the H100's. AMD keeps
 # two stages: its pipeliner holds one buffer in LDS (64 KiB on gfx90a/gfx942), the
-# next in registers. BLOCK_M 32 is the unhinted fallback, one tile.
+# next in registers. BLOCK_M 32 has one hinted tile, for `tmoe tune` (the heuristic
+# never picks it); the unhinted fallback ("m32_any") has FALLBACK_TILE.
 GATE_UP_TILES = {
     16: ({"cuda": (64, 128, 4, 4), "hip": (64, 64, 4, 2)},
          {"cuda": (32, 128, 4, 4), "hip": (32, 128, 4, 2)},
          {"cuda": (128, 64, 4, 4), "hip": (128, 64, 4, 2)}),
+    # vLLM's tuned config for deepseek-v3 at T = 64-256 (BLOCK_M 32, 128 of w13's
+    # [gate; up] rows, BLOCK_K 128): here 64 gate and 64 up rows, joined.
+    32: ({"cuda": (64, 128, 4, 3, JOINED), "hip": (64, 64, 4, 2, JOINED)},),
     64: ({"cuda": (64, 64, 4, 3), "hip": (64, 64, 4, 2)},
          {"cuda": (128, 64, 4, 3), "hip": (128, 64, 8, 2)},
          {"cuda": (64, 128, 4, 3), "hip": (64, 128, 4, 2)},
@@ -71,6 +75,7 @@ DOWN_TILES = {
     16: ({"cuda": (64, 128, 4, 4), "hip": (64, 64, 4, 2)},
          {"cuda": (32, 128, 4, 4), "hip": (32, 128, 4, 2)},
          {"cuda": (128, 64, 4, 4), "hip": (128, 64, 4, 2)}),
+    32: ({"cuda": (128, 128, 4, 3), "hip": (128, 64, 4, 2)},),
     64: ({"cuda": (128, 64, 4, 3), "hip": (128, 64, 4, 2)},
          {"cuda": (64, 64, 4, 3), "hip": (64, 64, 4, 2)},
          {"cuda": (128, 128, 4, 3), "hip": (128, 64, 8, 2)}),
@@ -172,8 +177,13 @@ def gemm_variants(kernel, module, prefix, dtype, types, routed, tiles, defaults=
         yield Variant(kernel, module, f"{prefix}_{suffix}", dtype, types, configs, hints)
 
 
-def first_tile_only(tiles):
-    return {block_m: per_block[:1] for block_m, per_block in tiles.items()}
+# The shared expert's BLOCK_M (the heuristic's, from T; src/gpu/gpu_backend.cpp).
+DENSE_BLOCK_M = (16, 64, 128)
+
+
+def dense_tiles(tiles):
+    """The shared expert is not tuned: tile t0 of each BLOCK_M it uses."""
+    return {block_m: tiles[block_m][:1] for block_m in DENSE_BLOCK_M}
 
 
 def gate_up_variants():
@@ -181,8 +191,7 @@ def gate_up_variants():
         a = pointer(dtype)
         types = dict(x=a, w13=a, h=a, sorted_slots="*i32", block_expert="*i32", num_slots="i32", top_k="i32",
                      H="i32", I="i32")
-        # The shared expert (dense) is not tuned: it keeps t0.
-        for mode, routed, tiles in (("routed", True, GATE_UP_TILES), ("dense", False, first_tile_only(GATE_UP_TILES))):
+        for mode, routed, tiles in (("routed", True, GATE_UP_TILES), ("dense", False, dense_tiles(GATE_UP_TILES))):
             yield from gemm_variants("gate_up_swiglu", "gate_up_swiglu", f"{dtype}_{mode}", dtype, types, routed, tiles,
                                      GATE_UP_DEFAULTS)
 
@@ -195,7 +204,7 @@ def down_variants():
             a = pointer(dtype)
             types = dict(h=a, w2=a, y=a, sorted_slots="*i32", block_expert="*i32", topk_weights="*fp32",
                          num_slots="i32", top_k="i32", H="i32", I="i32", y_rows_per_token="i32", y_first_row="i32")
-            tiles = DOWN_TILES if routed else first_tile_only(DOWN_TILES)
+            tiles = DOWN_TILES if routed else dense_tiles(DOWN_TILES)
             yield from gemm_variants("down", "down_combine", f"{dtype}_{mode}", dtype, types, routed, tiles,
                                      DOWN_DEFAULTS)
 
