@@ -4,8 +4,11 @@
 # GPU backend, compute-sanitizer memcheck on representative shapes and on every
 # kernel choice, the Python binding and the kernels' JIT test, and `tmoe bench
 # --backend gpu` for each model in $MODELS (default mixtral-8x7b; empty: none). With
-# TUNE=1, first `tmoe tune` for every preset (the table lands in the logs as
-# tuned-table.json and serves the benches through TMOE_TUNING_TABLE). SKIP names
+# TUNE=1, first `tmoe tune` for the presets in $TUNE_MODELS (default all; the table
+# lands in the logs as tuned-table.json and serves the benches through
+# TMOE_TUNING_TABLE). TUNE_FROM=configs/<device>.json starts that table from the
+# committed one, so tuning some models keeps the others' rows (a whole sweep takes
+# about 7 minutes on an H100, near a device call's limit). SKIP names
 # steps to leave out (e.g. SKIP="tests memcheck python"). Logs go to
 # ./gpu-check-out and, packed as gpu-check-logs.tar.gz, to $OUT when the device
 # tool sets it.
@@ -31,8 +34,9 @@ step() {
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/card.txt"
 step info "$bin/tmoe" info
 if [ "${TUNE:-0}" = 1 ]; then
-  step tune timeout "${TUNE_SECONDS:-420}" "$bin/tmoe" tune --tokens "${TUNE_TOKENS:-1,2,4,8,16,32,64,128,256,512,1024,2048,4096,8192}" \
-    --out "$out/tuned-table.json"
+  [ -n "${TUNE_FROM:-}" ] && cp "$TUNE_FROM" "$out/tuned-table.json"
+  step tune timeout "${TUNE_SECONDS:-420}" "$bin/tmoe" tune --model "${TUNE_MODELS:-all}" \
+    --tokens "${TUNE_TOKENS:-1,2,4,8,16,32,64,128,256,512,1024,2048,4096,8192}" --out "$out/tuned-table.json"
   [ -f "$out/tuned-table.json" ] && export TMOE_TUNING_TABLE="$out/tuned-table.json"
 fi
 # The fake-driver suites load test doubles from the build tree; they run in CI.
