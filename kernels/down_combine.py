@@ -11,7 +11,7 @@ so with one row per token and no shared expert, down writes out itself.
 import triton
 import triton.language as tl
 
-from kernels.grouped_gemm import tile_coords, tile_expert, tile_slots
+from kernels.grouped_gemm import grouped_tile, tile_coords, tile_expert, tile_slots
 
 
 @triton.jit
@@ -48,12 +48,47 @@ def down(h, w2, y, sorted_slots, block_expert, topk_weights, num_slots, top_k, H
             acc = tl.dot(a, tl.load(w_tile, mask=k_ok[:, None], other=0.0), acc)
             h_tile += BLOCK_K
             w_tile += BLOCK_K
+    store_rows(y, acc, topk_weights, slots, has_slot, cols, col_ok, top_k, H, y_rows_per_token, y_first_row, ROUTED)
+
+
+@triton.jit
+def store_rows(y, acc, topk_weights, slots, has_slot, cols, col_ok, top_k, H, y_rows_per_token, y_first_row,
+               ROUTED: tl.constexpr):
+    """A tile's rows of y: each slot's row times its routing weight (routed), rounded once."""
     if ROUTED:
         acc = acc * tl.load(topk_weights + slots, mask=has_slot, other=0.0)[:, None]
     tokens = slots // top_k
     y_rows = tokens * y_rows_per_token + y_first_row + (slots - tokens * top_k)
     y_tile = y + y_rows.to(tl.int64)[:, None] * H + cols[None, :]
     tl.store(y_tile, acc.to(y.dtype.element_ty), mask=has_slot[:, None] & col_ok[None, :])
+
+
+@triton.jit
+def down_persistent(h, w2, y, sorted_slots, block_expert, topk_weights, num_slots, top_k, H, I, y_rows_per_token,
+                    y_first_row, num_m_blocks, num_experts, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                    BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    """Experimental (bench/gemm_vs_vllm.py; not in the bundle): the routed down GEMM as a
+    persistent grid of TMA tiles. Each program walks tiles pid, pid + programs, ... in
+    down's grouped order with one pair of tensor descriptors for all of them (w2 seen as
+    [E, H, I]), so a tile's epilogue and the next tile's loads overlap instead of one
+    program ending and another starting; blocks past the padded total are skipped."""
+    num_n_blocks = tl.cdiv(H, BLOCK_N)
+    h_desc = tl.make_tensor_descriptor(h, shape=[num_m_blocks * BLOCK_M, I], strides=[I, 1],
+                                       block_shape=[BLOCK_M, BLOCK_K])
+    w_desc = tl.make_tensor_descriptor(w2, shape=[num_experts, H, I], strides=[H * I, I, 1],
+                                       block_shape=[1, BLOCK_N, BLOCK_K])
+    for tile in tl.range(tl.program_id(0), num_m_blocks * num_n_blocks, tl.num_programs(0)):
+        pid_m, pid_n = grouped_tile(tile, num_m_blocks, num_n_blocks, GROUP_M)
+        expert = tl.load(block_expert + pid_m)
+        if expert >= 0:
+            rows, slots, has_slot = tile_slots(sorted_slots, pid_m, num_slots, BLOCK_M, True)
+            cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+            acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+            for k0 in range(0, I, BLOCK_K):
+                w = w_desc.load([expert, pid_n * BLOCK_N, k0]).reshape(BLOCK_N, BLOCK_K)
+                acc = tl.dot(h_desc.load([pid_m * BLOCK_M, k0]), w.T, acc)
+            store_rows(y, acc, topk_weights, slots, has_slot, cols, cols < H, top_k, H, y_rows_per_token, y_first_row,
+                       True)
 
 
 @triton.jit

@@ -29,14 +29,20 @@ MIN_BLOCKS_TO_GROUP = tl.constexpr(32)
 
 @triton.jit
 def tile_coords(N, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """This program's (M block, N block): one tile per program."""
     pid = tl.program_id(0)
     num_n_blocks = tl.cdiv(N, BLOCK_N)
-    num_m_blocks = tl.num_programs(0) // num_n_blocks
+    return grouped_tile(pid, tl.num_programs(0) // num_n_blocks, num_n_blocks, GROUP_M)
+
+
+@triton.jit
+def grouped_tile(tile, num_m_blocks, num_n_blocks, GROUP_M: tl.constexpr):
+    """(M block, N block) of the tile-th tile in the grouped order."""
     group_m = tl.where(num_m_blocks < MIN_BLOCKS_TO_GROUP, num_m_blocks, GROUP_M)
-    programs_per_group = group_m * num_n_blocks
-    first_m = (pid // programs_per_group) * group_m
+    tiles_per_group = group_m * num_n_blocks
+    first_m = (tile // tiles_per_group) * group_m
     group_rows = tl.minimum(num_m_blocks - first_m, group_m)
-    within = pid % programs_per_group
+    within = tile % tiles_per_group
     return first_m + within % group_rows, within // group_rows
 
 
