@@ -84,6 +84,22 @@ def persistent_programs(shared_per_program):
     return SMS * max(1, PROPS["max_shared_mem"] // (shared_per_program + 1024))
 
 
+def routed_cases(models, tokens):
+    """(name, model, w13, w2, T, topk weights, topk ids, generator) for each model and T: bf16
+    weights scaled for unit-variance outputs, random logits routed as the model routes; the
+    generator (seed 1 per model) then draws the activations."""
+    for name in models:
+        m = peers.MODELS[name]
+        E, H, I = m["E"], m["H"], m["I"]
+        gen = torch.Generator(device=DEV).manual_seed(1)
+        w13 = torch.randn(E, 2 * I, H, device=DEV, dtype=torch.bfloat16, generator=gen) / math.sqrt(H)
+        w2 = torch.randn(E, H, I, device=DEV, dtype=torch.bfloat16, generator=gen) / math.sqrt(I)
+        bias = 0.1 * torch.randn(E, device=DEV, generator=gen) if m["routing"] == "sigmoid_grouped_topk" else None
+        for T in tokens:
+            weights, ids = peers.torch_route(torch.randn(T, E, device=DEV, generator=gen), m, bias)
+            yield name, m, w13, w2, T, weights, ids, gen
+
+
 def rel_err(ours, reference):
     return ((ours.float() - reference).norm() / reference.norm()).item()
 
@@ -96,70 +112,63 @@ def main():
     # The TMA forms build their tensor descriptors on the device, in scratch from here.
     triton.set_allocator(lambda size, alignment, stream: torch.empty(size, device=DEV, dtype=torch.int8))
     kernel = peers.vllm_module().fused_moe_kernel
-    for name in models:
-        m = peers.MODELS[name]
+    for name, m, w13, w2, T, weights, ids, gen in routed_cases(models, tokens):
         E, H, I, k = m["E"], m["H"], m["I"], m["k"]
-        gen = torch.Generator(device=DEV).manual_seed(1)
-        w13 = torch.randn(E, 2 * I, H, device=DEV, dtype=torch.bfloat16, generator=gen) / math.sqrt(H)
-        w2 = torch.randn(E, H, I, device=DEV, dtype=torch.bfloat16, generator=gen) / math.sqrt(I)
-        bias = 0.1 * torch.randn(E, device=DEV, generator=gen) if m["routing"] == "sigmoid_grouped_topk" else None
-        for T in tokens:
-            S = T * k
-            weights, ids = peers.torch_route(torch.randn(T, E, device=DEV, generator=gen), m, bias)
-            sorted_slots, expert_ids, total = peers.vllm_align(ids, E, BLOCK_M)
-            capacity = sorted_slots.numel()
-            valid = sorted_slots < S
-            m_blocks = capacity // BLOCK_M
-            block_expert = torch.where(torch.arange(m_blocks, device=DEV) * BLOCK_M < total, expert_ids, -1).int()
-            routing = (sorted_slots, expert_ids, total)
-            if "gate_up" in stages:
-                x = torch.randn(T, H, device=DEV, dtype=torch.bfloat16, generator=gen)
-                flops = 2 * S * 2 * I * H
-                c = torch.empty(S, 2 * I, device=DEV, dtype=torch.bfloat16)
-                grid, kw = peers.vllm_launch("w13", m, T, VLLM_CONFIG, (x, w13, c, weights.view(-1), routing))
-                ms = graph_ms(lambda: kernel[grid](**kw))
-                print(f"{name} T={T} vllm w13 128x256x64 w8 s3: {ms:.3f} ms {flops / ms / 1e9:.0f} TFLOP/s", flush=True)
-                gate, up = c.float().split(I, dim=1)
-                reference = (F.silu(gate) * up)[sorted_slots[valid].long()]
-                for tile_name, config in tile_forms(variants.GATE_UP_TILES, variants.GATE_UP_DEFAULTS):
-                    h = torch.empty(capacity, I, device=DEV, dtype=torch.bfloat16)
-                    grid = (m_blocks * triton.cdiv(I, config.constexprs["BLOCK_N"]),)
-                    ms = graph_ms(lambda: gate_up_swiglu[grid](  # noqa: E731
-                        x, w13, h, sorted_slots, block_expert, S, k, H, I, **config.constexprs,
-                        num_warps=config.num_warps, num_stages=config.num_stages))
-                    report("gate_up", tile_name, config, ms, flops, rel_err(h[valid], reference))
-            if "down" in stages:
-                a = torch.randn(S, I, device=DEV, dtype=torch.bfloat16, generator=gen)
-                flops = 2 * S * H * I
-                y_vllm = torch.empty(T, k, H, device=DEV, dtype=torch.bfloat16)
-                grid, kw = peers.vllm_launch("w2", m, T, VLLM_CONFIG, (a, w2, y_vllm, weights.view(-1), routing))
-                ms = graph_ms(lambda: kernel[grid](**kw))
-                print(f"{name} T={T} vllm w2 128x256x64 w8 s3: {ms:.3f} ms {flops / ms / 1e9:.0f} TFLOP/s", flush=True)
-                reference = y_vllm.float().view(S, H)
-                # Ours reads h by padded position (gate_up writes it so); vLLM gathers rows of a by slot.
-                h = torch.zeros(capacity, I, device=DEV, dtype=torch.bfloat16)
-                h[valid] = a[sorted_slots[valid].long()]
-                for tile_name, config in tile_forms(variants.DOWN_TILES, variants.DOWN_DEFAULTS):
-                    y = torch.empty(S, H, device=DEV, dtype=torch.bfloat16)
-                    grid = (m_blocks * triton.cdiv(H, config.constexprs["BLOCK_N"]),)
-                    ms = graph_ms(lambda: down[grid](  # noqa: E731
-                        h, w2, y, sorted_slots, block_expert, weights.view(-1), S, k, H, I, k, 0,
-                        **config.constexprs, num_warps=config.num_warps, num_stages=config.num_stages))
-                    report("down", tile_name, config, ms, flops, rel_err(y, reference))
-                    if "+" in tile_name:
-                        continue
-                    c = config.constexprs
-                    tile = dict(BLOCK_M=BLOCK_M, BLOCK_N=c["BLOCK_N"], BLOCK_K=c["BLOCK_K"], GROUP_M=c["GROUP_M"])
-                    y = torch.empty(S, H, device=DEV, dtype=torch.bfloat16)
+        S = T * k
+        sorted_slots, expert_ids, total = peers.vllm_align(ids, E, BLOCK_M)
+        capacity = sorted_slots.numel()
+        valid = sorted_slots < S
+        m_blocks = capacity // BLOCK_M
+        block_expert = torch.where(torch.arange(m_blocks, device=DEV) * BLOCK_M < total, expert_ids, -1).int()
+        routing = (sorted_slots, expert_ids, total)
+        if "gate_up" in stages:
+            x = torch.randn(T, H, device=DEV, dtype=torch.bfloat16, generator=gen)
+            flops = 2 * S * 2 * I * H
+            c = torch.empty(S, 2 * I, device=DEV, dtype=torch.bfloat16)
+            grid, kw = peers.vllm_launch("w13", m, T, VLLM_CONFIG, (x, w13, c, weights.view(-1), routing))
+            ms = graph_ms(lambda: kernel[grid](**kw))
+            print(f"{name} T={T} vllm w13 128x256x64 w8 s3: {ms:.3f} ms {flops / ms / 1e9:.0f} TFLOP/s", flush=True)
+            gate, up = c.float().split(I, dim=1)
+            reference = (F.silu(gate) * up)[sorted_slots[valid].long()]
+            for tile_name, config in tile_forms(variants.GATE_UP_TILES, variants.GATE_UP_DEFAULTS):
+                h = torch.empty(capacity, I, device=DEV, dtype=torch.bfloat16)
+                grid = (m_blocks * triton.cdiv(I, config.constexprs["BLOCK_N"]),)
+                ms = graph_ms(lambda: gate_up_swiglu[grid](  # noqa: E731
+                    x, w13, h, sorted_slots, block_expert, S, k, H, I, **config.constexprs,
+                    num_warps=config.num_warps, num_stages=config.num_stages))
+                report("gate_up", tile_name, config, ms, flops, rel_err(h[valid], reference))
+        if "down" in stages:
+            a = torch.randn(S, I, device=DEV, dtype=torch.bfloat16, generator=gen)
+            flops = 2 * S * H * I
+            y_vllm = torch.empty(T, k, H, device=DEV, dtype=torch.bfloat16)
+            grid, kw = peers.vllm_launch("w2", m, T, VLLM_CONFIG, (a, w2, y_vllm, weights.view(-1), routing))
+            ms = graph_ms(lambda: kernel[grid](**kw))
+            print(f"{name} T={T} vllm w2 128x256x64 w8 s3: {ms:.3f} ms {flops / ms / 1e9:.0f} TFLOP/s", flush=True)
+            reference = y_vllm.float().view(S, H)
+            # Ours reads h by padded position (gate_up writes it so); vLLM gathers rows of a by slot.
+            h = torch.zeros(capacity, I, device=DEV, dtype=torch.bfloat16)
+            h[valid] = a[sorted_slots[valid].long()]
+            for tile_name, config in tile_forms(variants.DOWN_TILES, variants.DOWN_DEFAULTS):
+                y = torch.empty(S, H, device=DEV, dtype=torch.bfloat16)
+                grid = (m_blocks * triton.cdiv(H, config.constexprs["BLOCK_N"]),)
+                ms = graph_ms(lambda: down[grid](  # noqa: E731
+                    h, w2, y, sorted_slots, block_expert, weights.view(-1), S, k, H, I, k, 0,
+                    **config.constexprs, num_warps=config.num_warps, num_stages=config.num_stages))
+                report("down", tile_name, config, ms, flops, rel_err(y, reference))
+                if "+" in tile_name:
+                    continue
+                c = config.constexprs
+                tile = dict(BLOCK_M=BLOCK_M, BLOCK_N=c["BLOCK_N"], BLOCK_K=c["BLOCK_K"], GROUP_M=c["GROUP_M"])
+                y = torch.empty(S, H, device=DEV, dtype=torch.bfloat16)
 
-                    def persistent(programs):
-                        return down_persistent[(programs,)](
-                            h, w2, y, sorted_slots, block_expert, weights.view(-1), S, k, H, I, k, 0, m_blocks, E,
-                            **tile, num_warps=config.num_warps, num_stages=config.num_stages)
+                def persistent(programs):
+                    return down_persistent[(programs,)](
+                        h, w2, y, sorted_slots, block_expert, weights.view(-1), S, k, H, I, k, 0, m_blocks, E,
+                        **tile, num_warps=config.num_warps, num_stages=config.num_stages)
 
-                    programs = persistent_programs(persistent(SMS).metadata.shared)
-                    ms = graph_ms(lambda: persistent(programs))  # noqa: E731
-                    report("down", f"{tile_name} persistent x{programs}", config, ms, flops, rel_err(y, reference))
+                programs = persistent_programs(persistent(SMS).metadata.shared)
+                ms = graph_ms(lambda: persistent(programs))  # noqa: E731
+                report("down", f"{tile_name} persistent x{programs}", config, ms, flops, rel_err(y, reference))
 
 
 if __name__ == "__main__":
