@@ -319,7 +319,8 @@ class GpuBackend final : public gpu::TunableBackend {
     q.R = p.k + (p.has_shared_expert() ? 1 : 0);
     const int64_t e_bucket = p.E <= 64 ? 64 : p.E <= 256 ? 256 : 1024;
     if (p.routed_from_logits()) {
-      TMOE_RETURN_IF_ERROR(select("route", std::string(dtype_key(p.logits_dtype)) + "_e" + std::to_string(e_bucket), &q.route.entry));
+      const std::string route = std::string(dtype_key(p.logits_dtype)) + "_e" + std::to_string(e_bucket);
+      TMOE_RETURN_IF_ERROR(select("route", route, &q.route.entry));
       q.route.programs = p.T;
     }
     if (q.choice.path == gpu::GemmPath::decode) {
@@ -368,7 +369,8 @@ class GpuBackend final : public gpu::TunableBackend {
     TMOE_RETURN_IF_ERROR(select("decode_gate_up_swiglu", act + "_routed" + gate_up_tile, &q.decode_gate_up.entry));
     q.decode_gate_up.cover(q.S, p.I, "BLOCK_N");
     if (p.has_shared_expert()) {
-      TMOE_RETURN_IF_ERROR(select("decode_gate_up_swiglu", act + "_dense" + gate_up_tile, &q.decode_shared_gate_up.entry));
+      TMOE_RETURN_IF_ERROR(
+          select("decode_gate_up_swiglu", act + "_dense" + gate_up_tile, &q.decode_shared_gate_up.entry));
       q.decode_shared_gate_up.cover(p.T, p.shared_I, "BLOCK_N");
     }
     TMOE_RETURN_IF_ERROR(select("decode_down_combine",
@@ -396,22 +398,25 @@ class GpuBackend final : public gpu::TunableBackend {
     TMOE_RETURN_IF_ERROR(select("align_scatter", align_variant, &q.align_scatter.entry));
     q.align_count.programs = q.align_scatter.programs = q.chunks;
     const std::string gate_up = gemm_variant(act, "routed", block_m, hints.routed, q.choice.gate_up_tile);
+    const std::string down = gemm_variant(act, "routed", block_m, hints.routed, q.choice.down_tile);
     TMOE_RETURN_IF_ERROR(select("gate_up_swiglu", gate_up, &q.gate_up.entry));
-    TMOE_RETURN_IF_ERROR(select("down", gemm_variant(act, "routed", block_m, hints.routed, q.choice.down_tile), &q.down.entry));
+    TMOE_RETURN_IF_ERROR(select("down", down, &q.down.entry));
     const int64_t m_blocks = q.capacity / block_m;
     q.gate_up.cover(m_blocks, p.I, "BLOCK_N");
     q.down.cover(m_blocks, p.H, "BLOCK_N");
     if (p.has_shared_expert()) {
       q.shared_block_m = hints.shared ? gemm_block_m(p.T) : kFallbackBlockM;
-      TMOE_RETURN_IF_ERROR(select("gate_up_swiglu", gemm_variant(act, "dense", q.shared_block_m, hints.shared, 0), &q.shared_gate_up.entry));
-      TMOE_RETURN_IF_ERROR(select("down", gemm_variant(act, "dense", q.shared_block_m, hints.shared, 0), &q.shared_down.entry));
+      const std::string dense = gemm_variant(act, "dense", q.shared_block_m, hints.shared, 0);
+      TMOE_RETURN_IF_ERROR(select("gate_up_swiglu", dense, &q.shared_gate_up.entry));
+      TMOE_RETURN_IF_ERROR(select("down", dense, &q.shared_down.entry));
       const int64_t shared_blocks = cdiv(p.T, q.shared_block_m);
       q.shared_gate_up.cover(shared_blocks, p.shared_I, "BLOCK_N");
       q.shared_down.cover(shared_blocks, p.H, "BLOCK_N");
     }
     if (!q.direct) {
       const bool combine_hinted = p.H % 16 == 0 && aligned16(p.out);
-      TMOE_RETURN_IF_ERROR(select("combine", std::string(act) + (combine_hinted ? "_div16" : "_any"), &q.combine.entry));
+      const std::string combine = std::string(act) + (combine_hinted ? "_div16" : "_any");
+      TMOE_RETURN_IF_ERROR(select("combine", combine, &q.combine.entry));
       q.combine.cover(p.T, p.H, "BLOCK_H");
     }
 
