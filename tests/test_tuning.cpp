@@ -119,20 +119,28 @@ TEST(TuningTableTest, EnvironmentTableMustBeReadableAndOfThisDevice) {
   EXPECT_EQ(table, nullptr) << "an untuned device gets the heuristic";
 }
 
-TEST(TuningTableTest, RetuningSomeShapesKeepsTheOthersOfTheSameDeviceOnly) {
+TEST(TuningTableTest, RetuningSomeShapesOrTokensKeepsTheRestOfTheSameDeviceOnly) {
   nlohmann::json fresh = nlohmann::json::parse(kTable);
   fresh["shapes"][0]["buckets"] = {{{"max_tokens", 8}, {"path", "sorted"}, {"block_m", 64}, {"gate_up_tile", 3},
-                                    {"down_tile", 1}}};
+                                    {"down_tile", 1}},
+                                   {{"max_tokens", 16}, {"path", "sorted"}, {"block_m", 32}, {"gate_up_tile", 0},
+                                    {"down_tile", 0}}};
   nlohmann::json existing = nlohmann::json::parse(kTable);
   existing["shapes"].push_back(existing["shapes"][0]);
   existing["shapes"][1]["name"] = "other";
   existing["shapes"][1]["k"] = 4;
+  existing["shapes"][0]["command"] = "tmoe tune --model m";
   ASSERT_TRUE(merge_tuning_table(existing.dump(), "old.json", &fresh).is_ok());
+  EXPECT_EQ(fresh["shapes"][0]["buckets"][0]["command"], "tmoe tune --model m") << "a kept bucket names its run";
   TuningTable merged;
   const Status s = TuningTable::parse(fresh.dump(), "merged", &merged);
   ASSERT_TRUE(s.is_ok()) << s.message();
   ASSERT_EQ(merged.entries().size(), 2u);
-  EXPECT_EQ(*merged.find({8, 256, 128, 2}, 1), (KernelChoice{GemmPath::sorted, 64, 3, 1})) << "the re-tuned shape";
+  // The re-tuned shape: its buckets 8 and 16 from this run, 1 and 512 kept, in order.
+  EXPECT_EQ(*merged.find({8, 256, 128, 2}, 1), (KernelChoice{GemmPath::decode, 0, 1, 2}));
+  EXPECT_EQ(*merged.find({8, 256, 128, 2}, 8), (KernelChoice{GemmPath::sorted, 64, 3, 1}));
+  EXPECT_EQ(*merged.find({8, 256, 128, 2}, 16), (KernelChoice{GemmPath::sorted, 32, 0, 0}));
+  EXPECT_EQ(*merged.find({8, 256, 128, 2}, 17), (KernelChoice{GemmPath::sorted, 64, 2, 0}));
   EXPECT_EQ(*merged.find({8, 256, 128, 4}, 1), (KernelChoice{GemmPath::decode, 0, 1, 2})) << "the kept shape";
 
   nlohmann::json elsewhere = nlohmann::json::parse(kTable);

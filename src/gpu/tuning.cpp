@@ -115,8 +115,22 @@ Status merge_tuning_table(std::string_view existing, const std::string& origin, 
   auto shape_of = [](const json& s) { return ExpertShape{s.at("E"), s.at("H"), s.at("I"), s.at("k")}; };
   const json kept = json::parse(existing);
   for (const json& s : kept["shapes"]) {
-    const bool retuned = std::any_of(shapes.begin(), shapes.end(), [&](const json& f) { return shape_of(f) == shape_of(s); });
-    if (!retuned) shapes.push_back(s);
+    auto same = std::find_if(shapes.begin(), shapes.end(), [&](const json& f) { return shape_of(f) == shape_of(s); });
+    if (same == shapes.end()) {
+      shapes.push_back(s);
+      continue;
+    }
+    // A shape tuned at some T again: its other buckets stay, each naming the run it came from.
+    json& buckets = (*same)["buckets"];
+    for (json b : s["buckets"]) {
+      const bool retuned = std::any_of(buckets.begin(), buckets.end(),
+                                       [&](const json& f) { return f.at("max_tokens") == b.at("max_tokens"); });
+      if (retuned) continue;
+      if (!b.contains("command") && s.contains("command")) b["command"] = s["command"];
+      buckets.push_back(std::move(b));
+    }
+    std::sort(buckets.begin(), buckets.end(),
+              [](const json& a, const json& b) { return a.at("max_tokens") < b.at("max_tokens"); });
   }
   return Status::ok();
 }

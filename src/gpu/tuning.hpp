@@ -76,10 +76,11 @@ Status embedded_tuning_tables(const std::vector<TuningTable>** tables);
 Status tuning_table_for(const std::string& device_name, const std::string& target,
                         std::shared_ptr<const TuningTable>* table);
 
-// `tmoe tune` of some models into an existing table: appends to fresh["shapes"]
-// the shapes of `existing` (a table's text, `origin` names it in errors) that
-// fresh does not hold. A table of another device or target is refused: one file
-// must not mix cards.
+// `tmoe tune` of some models or token counts into an existing table: appends to
+// fresh["shapes"] the shapes of `existing` (a table's text, `origin` names it in
+// errors) that fresh does not hold, and to a shape fresh holds the buckets of other
+// max_tokens. A table of another device or target is refused: one file must not mix
+// cards.
 Status merge_tuning_table(std::string_view existing, const std::string& origin, nlohmann::json* fresh);
 
 // "NVIDIA H100 80GB HBM3" -> "nvidia-h100-80gb-hbm3": the file name of its table.
