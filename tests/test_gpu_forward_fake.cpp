@@ -9,6 +9,7 @@
 // the same tests; there each one checks that the GPU context is refused with
 // TMOE_ERROR_UNSUPPORTED saying the build has no GPU kernels.
 #include <dlfcn.h>
+#include <unistd.h>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 #include <tmoe/tmoe.h>
@@ -636,7 +637,8 @@ class GpuForwardFakeTest : public ::testing::TestWithParam<Api> {
   // Writes a tuning table of the fake device that gives c's shape `tuned` at every
   // T and points TMOE_TUNING_TABLE at it (before the context opens); returns its path.
   std::string use_tuning_table(const Case& c, const TunedTiles& tuned) {
-    const std::string path = ::testing::TempDir() + "/tmoe_fake_table.json";
+    // Per process: ctest runs tests (and CI runs whole builds) side by side.
+    const std::string path = ::testing::TempDir() + "/tmoe_fake_table_" + std::to_string(getpid()) + ".json";
     std::ofstream(path) << nlohmann::json{
         {"format", 1},
         {"device", cuda() ? "Fake CUDA GPU sm_90" : "Fake HIP GPU gfx942"},

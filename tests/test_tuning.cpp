@@ -7,6 +7,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <unistd.h>
 
 #include "fake_driver/fake_test_support.hpp"
 #include "gpu/bundle.hpp"
@@ -93,7 +94,8 @@ TEST(TuningTableTest, DamagedTablesAreRejectedNamingTheProblem) {
 }
 
 TEST(TuningTableTest, EnvironmentTableMustBeReadableAndOfThisDevice) {
-  const std::string path = ::testing::TempDir() + "/tmoe_tuning_test.json";
+  // Per process: ctest runs tests (and CI runs whole builds) side by side.
+  const std::string path = ::testing::TempDir() + "/tmoe_tuning_test_" + std::to_string(getpid()) + ".json";
   std::ofstream(path) << kTable;
   ScopedEnv env;
   env.set("TMOE_TUNING_TABLE", path);
