@@ -261,8 +261,8 @@ class GpuBackend final : public gpu::TunableBackend {
   // Untuned shapes: the decode path for one token (its experts are distinct, so
   // per-slot GEMVs read each weight once), else the sorted path. Its tiles on CUDA
   // are the most frequent winners of each BLOCK_M in the H100 sweep
-  // (configs/nvidia-h100-80gb-hbm3.json: m16 t1/t0 15 of 21 buckets, m64 t2/t1 7 of
-  // 12, m128 t6/t5 5 of 15, no other pair more than 2). The m128 pair is the TMA
+  // (configs/nvidia-h100-80gb-hbm3.json: m16 t1/t0 13 of 16 buckets, m64 t2/t1 7 of
+  // 11, m128 t6/t5 5 of 15, no other pair more than 2). The m128 pair is the TMA
   // tiles, which only cuda:90 runs as TMA: cuda:80 keeps the sweep before them
   // (t3/t0, 7 of 13). AMD, never measured, keeps t0.
   gpu::KernelChoice heuristic(const MoeProblem& p, const Hints& hints) const {
