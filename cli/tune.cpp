@@ -77,10 +77,11 @@ int run_tune(const TuneOptions& opt) {
     check(gpu::merge_tuning_table(existing, "--out " + out_file, &probe));
     std::printf("updating %s: its other shapes are kept\n", out_file.c_str());
   }
-  bool all_ok = true;
-  // Written after every model, so an interrupted sweep keeps what it measured.
-  auto write_table = [&] {
+  // Written after every T (with the model in progress), so a sweep cut short (a
+  // device call's time limit) keeps every bucket it finished.
+  auto write_table = [&](const nlohmann::json& current_shape) {
     nlohmann::json merged = table;
+    merged["shapes"].push_back(current_shape);
     if (!existing.empty()) check(gpu::merge_tuning_table(existing, "--out " + out_file, &merged));
     std::ofstream f(out_file);
     if (!f) throw std::runtime_error("--out: cannot write " + out_file);
@@ -141,7 +142,6 @@ int run_tune(const TuneOptions& opt) {
       check(backend->forward_with(problem, exec, best));
       const double err = batch.relative_error(sample_rows(T, opt.check_rows));
       const bool ok = err <= error_bound(dtype);  // false for NaN
-      all_ok = all_ok && ok;
       std::printf("%8lld %11.4f %-22s %14.4f %-22s %7.2fx %11.2e%s\n", (long long)T, best_ms, best.describe().c_str(),
                   heuristic_ms, heuristic.describe().c_str(), heuristic_ms / best_ms, err, ok ? "" : "  ERROR ABOVE BOUND");
       std::fflush(stdout);
@@ -150,14 +150,15 @@ int run_tune(const TuneOptions& opt) {
       bucket["ms"] = best_ms;
       bucket["heuristic_ms"] = heuristic_ms;
       bucket["candidates"] = candidates.size();
+      if (!ok) {
+        std::printf("FAILED: the winner's error exceeds its bound; %s keeps the buckets before this one\n",
+                    out_file.c_str());
+        return 1;
+      }
       shape["buckets"].push_back(bucket);
-    }
-    if (!all_ok) {
-      std::printf("FAILED: a winner's error exceeds its bound; %s not written\n", out_file.c_str());
-      return 1;
+      write_table(shape);
     }
     table["shapes"].push_back(shape);
-    write_table();
   }
   std::printf("wrote %s\n", out_file.c_str());
   return 0;
