@@ -165,7 +165,7 @@ def tile_configs(per_backend, constexprs):
             for backend, (n, k, warps, stages, *extra) in per_backend.items()}
 
 
-def gemm_variants(kernel, module, prefix, dtype, types, routed, tiles, defaults=None):
+def gemm_variants(kernel, module, prefix, dtype, types, routed, tiles, defaults):
     """The hinted variants of every BLOCK_M and tile in tiles, then the unhinted fallback.
     `defaults`: constexprs every variant sets unless its tile overrides them."""
     pointers = tuple(arg for arg, ty in types.items() if ty.startswith("*"))
@@ -173,7 +173,7 @@ def gemm_variants(kernel, module, prefix, dtype, types, routed, tiles, defaults=
                for block_m, per_block in tiles.items() for index, per_backend in enumerate(per_block)]
     choices.append((f"m{FALLBACK_BLOCK_M}_any", FALLBACK_BLOCK_M, FALLBACK_TILE, ()))
     for suffix, block_m, per_backend, hints in choices:
-        configs = tile_configs(per_backend, dict(defaults or {}, ROUTED=routed, BLOCK_M=block_m))
+        configs = tile_configs(per_backend, dict(defaults, ROUTED=routed, BLOCK_M=block_m))
         yield Variant(kernel, module, f"{prefix}_{suffix}", dtype, types, configs, hints)
 
 
