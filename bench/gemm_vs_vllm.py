@@ -36,7 +36,6 @@ DEV = "cuda"
 BLOCK_M = 128
 VLLM_CONFIG = dict(BLOCK_SIZE_M=BLOCK_M, BLOCK_SIZE_N=256, BLOCK_SIZE_K=64, GROUP_SIZE_M=16, num_warps=8,
                    num_stages=3)
-flush = torch.empty(512 * 2**20, dtype=torch.uint8, device=DEV)
 
 
 def graph_ms(fn, reps=15):
@@ -47,7 +46,7 @@ def graph_ms(fn, reps=15):
         fn()
     times = []
     for _ in range(reps):
-        flush.zero_()
+        peers.flush_cache()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         graph.replay()

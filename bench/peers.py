@@ -17,7 +17,9 @@ Systems (env SYSTEMS restricts, comma separated):
                 when importable (bench/setup_peers.sh builds it from sdists in .peers/src).
   triton_kernels  OpenAI's triton_kernels matmul_ogs, when importable.
 
-Timing: median of device events around each call, the L2 flushed before each call;
+Timing: median of device events around each call, the L2 flushed before each call
+by reading 512 MB (a memset would leave dirty lines whose write-back the timed call
+pays: docs/performance-log.md #23);
 CUDA-graph replays where the system can be captured (tmoe, vllm experts), plain
 stream launches otherwise (the row's "timing" says which). Ceilings (read-only
 stream, bf16 8192^3 matmul) are measured in the same run; floor = max(bytes / read
@@ -73,11 +75,18 @@ def log(*a):
 _flush = None
 
 
-def measure(fn, graph, budget_ms=120.0, max_reps=200, min_reps=5):
-    """Median ms of fn (or of a CUDA-graph replay of it), one call per event pair, L2 flushed before each."""
+def flush_cache():
+    """Evicts the L2 (and MI300's 256 MB last-level cache) by reading a larger buffer: the
+    lines left are clean, as after a real model's previous layer, so the timed call pays
+    no write-back (tmoe bench does the same with kernels/cache.py)."""
     global _flush
     if _flush is None:
-        _flush = torch.empty(256 * 1024 * 1024, dtype=torch.uint8, device=DEV)
+        _flush = torch.zeros(128 * 2**20, dtype=torch.int32, device=DEV)
+    _flush.sum()
+
+
+def measure(fn, graph, budget_ms=120.0, max_reps=200, min_reps=5):
+    """Median ms of fn (or of a CUDA-graph replay of it), one call per event pair, L2 flushed before each."""
     run, how, g = fn, "stream", None
     if graph:
         s = torch.cuda.Stream()
@@ -100,7 +109,7 @@ def measure(fn, graph, budget_ms=120.0, max_reps=200, min_reps=5):
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
     for i in range(n):
-        _flush.zero_()
+        flush_cache()
         starts[i].record(); run(); ends[i].record()
     torch.cuda.synchronize()
     times = sorted(s.elapsed_time(e) for s, e in zip(starts, ends))

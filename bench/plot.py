@@ -153,7 +153,8 @@ def section(data, d):
         f"matmul {ceil['mm_flops'] / 1e12:.0f} TFLOP/s. floor = max((active experts * 3*H*I*2 + x in and out) / "
         f"read bandwidth, 2*T*k*3*H*I / matmul rate).",
         "",
-        "Times are medians of device events, one call per event pair, L2 flushed before each call; CUDA-graph "
+        "Times are medians of device events, one call per event pair, L2 flushed before each call by reading 512 MB "
+        "(runs before 2026-11-27: by a memset, whose dirty lines the timed call wrote back, performance-log.md #23); CUDA-graph "
         "replays for tritonmoe and both vLLM modes, plain launches for torch._grouped_mm, eager and MegaBlocks "
         "(they synchronise with the host). At each T tritonmoe is measured right before vLLM (the pair the targets "
         "compare sees the same clocks under the power cap); the other peers follow, model by model. **layer** = from router logits: tritonmoe's `moe_layer`; vLLM = "

@@ -2,7 +2,9 @@
 // a graph replay shows the layer's own time, not the host's launch overhead.
 // The cache is flushed before each timed replay, as bench/peers.py does for every
 // system: a decode layer's weights (75 MB for qwen3-30b-a3b at T = 1) would
-// otherwise partly stay in an H100's 50 MB L2 between replays.
+// otherwise partly stay in an H100's 50 MB L2 between replays. The flush reads
+// (kernels/cache.py): a memset would leave dirty lines whose write-back the timed
+// replay pays (docs/performance-log.md #23).
 #include <algorithm>
 #include <map>
 #include <stdexcept>
@@ -11,14 +13,47 @@
 
 #include "bench_device.hpp"
 #include "gpu/device.hpp"
+#include "gpu/launcher.hpp"
 
 namespace tmoe::cli {
 
 namespace {
 
-// Written before each timed replay: larger than the L2 of current GPUs (H100 and
+// Read before each timed replay: larger than the L2 of current GPUs (H100 and
 // H200 50 MB, MI300X's last-level cache 256 MB).
 constexpr size_t kCacheFlushBytes = size_t{512} << 20;
+
+// Evicts the cache by reading a buffer larger than it with the bundle's read_through kernel.
+class CacheFlush {
+ public:
+  CacheFlush(const std::shared_ptr<gpu::Device>& device, gpu::StreamHandle stream) {
+    const gpu::Bundle* bundle = nullptr;
+    check(gpu::embedded_bundle(&bundle));
+    std::string target;
+    check(gpu::resolve_target(*bundle, *device, &target));
+    check(gpu::select_variant(*bundle, {.kernel = "read_through", .dtype = "i32", .target = target}, &entry_));
+    launcher_ = std::make_unique<gpu::Launcher>(device, *bundle);
+    const size_t words = kCacheFlushBytes / sizeof(int32_t);
+    const auto block = static_cast<size_t>(entry_->constexpr_or("BLOCK", 0));
+    grid_ = {static_cast<uint32_t>((words + block - 1) / block)};
+    check(gpu::DeviceBuffer::allocate(device, kCacheFlushBytes, &src_));
+    check(device->driver().memset_async(src_.address(), 0, src_.bytes(), stream));  // read, so defined
+    check(gpu::DeviceBuffer::allocate(device, grid_.x * sizeof(int32_t), &sums_));
+    args_ = {{"src", gpu::DeviceAddress{src_.address()}},
+             {"sums", gpu::DeviceAddress{sums_.address()}},
+             {"words", static_cast<int32_t>(words)}};
+  }
+
+  void run(gpu::StreamHandle stream) { check(launcher_->launch(*entry_, grid_, args_, stream)); }
+
+ private:
+  const gpu::KernelEntry* entry_ = nullptr;
+  std::unique_ptr<gpu::Launcher> launcher_;
+  gpu::Dim3 grid_;
+  gpu::DeviceBuffer src_;
+  gpu::DeviceBuffer sums_;
+  gpu::ArgMap args_;
+};
 
 class GpuBenchDevice final : public BenchDevice {
  public:
@@ -59,13 +94,13 @@ class GpuBenchDevice final : public BenchDevice {
       }
     }, &graph));
     for (int i = 0; i < warmup; ++i) check(graph.launch(stream_.handle()));
-    if (flush_.bytes() == 0) check(gpu::DeviceBuffer::allocate(device_, kCacheFlushBytes, &flush_));
+    if (!flush_) flush_ = std::make_unique<CacheFlush>(device_, stream_.handle());
     gpu::Event start, end;
     check(gpu::Event::create(device_, &start));
     check(gpu::Event::create(device_, &end));
     std::vector<double> ms;
     for (int i = 0; i < reps; ++i) {
-      check(device_->driver().memset_async(flush_.address(), static_cast<uint8_t>(i), flush_.bytes(), stream_.handle()));
+      flush_->run(stream_.handle());
       check(start.record(stream_.handle()));
       check(graph.launch(stream_.handle()));
       check(end.record(stream_.handle()));
@@ -84,7 +119,7 @@ class GpuBenchDevice final : public BenchDevice {
   gpu::ScopedCurrent current_;  // declared after device_: puts the caller's back before the device goes
   gpu::Stream stream_;
   std::map<void*, gpu::DeviceBuffer> buffers_;
-  gpu::DeviceBuffer flush_;
+  std::unique_ptr<CacheFlush> flush_;
 };
 
 }  // namespace

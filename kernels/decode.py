@@ -81,11 +81,9 @@ def gate_up_block(x, w13, h, topk_ids, top_k, H, I, slot, col_block, ROUTED: tl.
 
 
 @triton.jit
-def routed_down_sum(h, w2, topk_ids, topk_weights, top_k, H, I, token, cols, col_ok, arrivals, arrivals_needed,
-                    WAIT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                    EXPERTS_PER_PASS: tl.constexpr):
-    """f32 [BLOCK_N]: sum over the token's k experts of weight_j * (h[slot j] @ w2[expert j]^T), in order.
-    With WAIT, each slot's h is read once arrivals[slot] reaches arrivals_needed (decode_fused)."""
+def routed_down_sum(h, w2, topk_ids, topk_weights, top_k, H, I, token, cols, col_ok, BLOCK_N: tl.constexpr,
+                    BLOCK_K: tl.constexpr, EXPERTS_PER_PASS: tl.constexpr):
+    """f32 [BLOCK_N]: sum over the token's k experts of weight_j * (h[slot j] @ w2[expert j]^T), in order."""
     ks = tl.arange(0, BLOCK_K)
     row0 = tl.arange(0, VECTOR_ROWS) == 0
     lanes = tl.arange(0, EXPERTS_PER_PASS)
@@ -96,27 +94,14 @@ def routed_down_sum(h, w2, topk_ids, topk_weights, top_k, H, I, token, cols, col
     for j0 in range(0, top_k, EXPERTS_PER_PASS):
         j_ok = j0 + lanes < top_k
         slots = token * top_k + j0 + lanes
-        h_ok = j_ok
-        if WAIT:
-            for lane in tl.static_range(EXPERTS_PER_PASS):
-                if j0 + lane < top_k:
-                    count = arrivals + token * top_k + j0 + lane
-                    # Spin on loads (no atomic traffic beside gate_up's stream), then
-                    # one acquire so that h's loads below see the counted stores; its
-                    # value joins their mask (always true), which keeps it and orders them.
-                    while tl.load(count, volatile=True) < arrivals_needed:
-                        pass
-                    h_ok = h_ok & (tl.atomic_add(count, 0, sem="acquire") >= arrivals_needed)
         experts = tl.load(topk_ids + slots, mask=j_ok, other=0).to(tl.int64)
         h_rows = h + slots * I
         w_rows = w2 + experts[:, None] * H * I + cols.to(tl.int64)[None, :] * I
         acc = tl.zeros([EXPERTS_PER_PASS, VECTOR_ROWS, BLOCK_N], tl.float32)
         for k0 in range(0, I, BLOCK_K):
             k_ok = ks < I - k0
-            # Written in this launch by other programs when WAIT: read past L1.
             a = tl.load(h_rows[:, None, None] + k0 + ks[None, None, :] + 0 * row0[None, :, None],
-                        mask=h_ok[:, None, None] & row0[None, :, None] & k_ok[None, None, :], other=0.0,
-                        cache_modifier=".cg" if WAIT else "")
+                        mask=j_ok[:, None, None] & row0[None, :, None] & k_ok[None, None, :], other=0.0)
             w = tl.load(w_rows[:, None, :] + k0 + ks[None, :, None],
                         mask=j_ok[:, None, None] & k_ok[None, :, None] & col_ok[None, None, :], other=0.0)
             acc = tl.dot(a, w, acc)
@@ -142,53 +127,9 @@ def decode_down_combine(h, w2, out, topk_ids, topk_weights, h_shared, shared_w2,
     token = (pid // col_blocks).to(tl.int64)
     cols = (pid % col_blocks) * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < H
-    total = routed_down_sum(h, w2, topk_ids, topk_weights, top_k, H, I, token, cols, col_ok, topk_ids, 0, False,
-                            BLOCK_N, BLOCK_K, EXPERTS_PER_PASS)
+    total = routed_down_sum(h, w2, topk_ids, topk_weights, top_k, H, I, token, cols, col_ok, BLOCK_N, BLOCK_K,
+                            EXPERTS_PER_PASS)
     if HAS_SHARED:
         rows = shared_w2 + cols.to(tl.int64) * shared_I
         total += rows_dot_vector(rows, h_shared + token * shared_I, shared_I, col_ok, BLOCK_N, BLOCK_K)
     tl.store(out + token * H + cols, total.to(out.dtype.element_ty), mask=col_ok)
-
-
-@triton.jit
-def decode_fused(x, w13, w2, h, out, topk_ids, topk_weights, sync, num_tokens, top_k, H, I,
-                 GATE_UP_N: tl.constexpr, GATE_UP_K: tl.constexpr, DOWN_N: tl.constexpr, DOWN_K: tl.constexpr,
-                 EXPERTS_PER_PASS: tl.constexpr):
-    """Experimental (bench/decode_fused.py; not in the bundle; performance-log.md #18):
-    both decode GEMMs of the routed experts in one launch, so that w2's stream starts
-    while gate_up's tail still runs instead of after a kernel boundary.
-
-    Grid: num_tokens * top_k * cdiv(I, GATE_UP_N) gate_up programs, then
-    num_tokens * cdiv(H, DOWN_N) down programs. Roles go by ticket (sync[0]), not by
-    program id: every gate_up ticket is handed out before any down ticket, so a down
-    program only ever waits for programs that already run (no deadlock whatever order
-    the hardware starts them in). A gate_up program counts its slot's finished column
-    blocks in sync[2 + slot] (release); a down program reads a slot's h once that count
-    is complete (acquire), expert by expert in the fixed order of decode_down_combine
-    (the same sums, bit for bit). sync (int32, 2 + num_tokens * top_k) must be zero at
-    launch; the last program to finish (sync[1]) zeroes it again for the next launch.
-    """
-    ticket = tl.atomic_add(sync, 1)
-    slots = num_tokens * top_k
-    gate_up_blocks = tl.cdiv(I, GATE_UP_N)
-    gate_up_programs = slots * gate_up_blocks
-    arrivals = sync + 2
-    if ticket < gate_up_programs:
-        slot = ticket // gate_up_blocks
-        gate_up_block(x, w13, h, topk_ids, top_k, H, I, slot, ticket % gate_up_blocks, True, GATE_UP_N, GATE_UP_K)
-        tl.debug_barrier()  # every thread's part of h is stored before the count moves
-        tl.atomic_add(arrivals + slot, 1, sem="release")
-    else:
-        down = ticket - gate_up_programs
-        col_blocks = tl.cdiv(H, DOWN_N)
-        token = (down // col_blocks).to(tl.int64)
-        cols = (down % col_blocks) * DOWN_N + tl.arange(0, DOWN_N)
-        col_ok = cols < H
-        total = routed_down_sum(h, w2, topk_ids, topk_weights, top_k, H, I, token, cols, col_ok, arrivals,
-                                gate_up_blocks, True, DOWN_N, DOWN_K, EXPERTS_PER_PASS)
-        tl.store(out + token * H + cols, total.to(out.dtype.element_ty), mask=col_ok)
-    finished = tl.atomic_add(sync + 1, 1, sem="acq_rel")
-    if finished == tl.num_programs(0) - 1:
-        for s0 in range(0, slots + 2, 1024):
-            span = s0 + tl.arange(0, 1024)
-            tl.store(sync + span, tl.zeros([1024], tl.int32), mask=span < slots + 2)

@@ -23,6 +23,7 @@ LOGITS_DTYPES = ("f32", "bf16", "f16")
 EXPERT_BUCKETS = (64, 256, 1024)  # BLOCK_E: the variant serves E <= BLOCK_E
 ALIGN_CHUNKS = (256, 2048)        # slots per align program
 COMBINE_BLOCK_H = 1024
+CACHE_READ_BLOCK = 4096  # int32 words per read_through program (cli/gpu_bench_device.cpp)
 
 
 @dataclass(frozen=True)
@@ -235,7 +236,12 @@ def decode_variants():
                               ("h", "w2", "out", "h_shared", "shared_w2", "H", "I", "shared_I"))
 
 
+def cache_variants():
+    configs = same_on_all_backends(dict(BLOCK=CACHE_READ_BLOCK), 4, 1)
+    yield Variant("read_through", "cache", "i32", "i32", dict(src="*i32", sums="*i32", words="i32"), configs)
+
+
 def all_variants():
     for family in (route_variants, align_variants, gate_up_variants, down_variants, combine_variants,
-                   decode_variants):
+                   decode_variants, cache_variants):
         yield from family()
