@@ -8,10 +8,9 @@ vLLM runs its best large-T config of the peers run (BLOCK 128x256x64, GROUP_SIZE
 16, 8 warps, 3 stages, bf16 output; its w13 writes gate and up, SwiGLU is a further
 kernel not timed here); ours runs each BLOCK_M 128 tile of tools/aot/variants.py as
 bundled (h and y in bf16, as in the library), compiled here by Triton's JIT, and each
-tile that is not a TMA tile also in its TMA form (weights, and for down also h,
-through device-side tensor descriptors), and for down each tile also as the
-experimental persistent grid (`down_persistent`: as many programs as fit on the SMs
-at once, each walking tiles; TMA).
+tile that is not a TMA or persistent tile also in its TMA form (weights, and for down
+also h, through device-side tensor descriptors); down's persistent tiles run on
+PERSISTENT programs per SM, as the library launches them.
 Both read the same routing: vLLM's alignment (in torch, bench/peers.py) is exactly
 ours (sorted_slots with sentinel S, one expert per block).
 
@@ -28,7 +27,7 @@ import triton
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import peers  # noqa: E402
-from kernels.down_combine import down, down_persistent  # noqa: E402
+from kernels.down_combine import down  # noqa: E402
 from kernels.gate_up_swiglu import gate_up_swiglu  # noqa: E402
 from tools.aot import variants  # noqa: E402
 
@@ -61,7 +60,7 @@ def tile_forms(tiles, defaults):
     for index, per_backend in enumerate(tiles[BLOCK_M]):
         config = variants.tile_configs(per_backend, dict(defaults, ROUTED=True, BLOCK_M=BLOCK_M))["cuda"]
         yield f"t{index}", config
-        if not config.constexprs["TMA"]:
+        if not config.constexprs["TMA"] and not config.constexprs.get("PERSISTENT"):
             yield f"t{index} +tma", variants.Config(dict(config.constexprs, TMA=True), config.num_warps,
                                                      config.num_stages)
 
@@ -72,15 +71,7 @@ def report(stage, name, config, ms, flops, err):
           f"g{c['GROUP_M']}: {ms:.3f} ms {flops / ms / 1e9:.0f} TFLOP/s, rel err vs vLLM {err:.1e}", flush=True)
 
 
-PROPS = triton.runtime.driver.active.utils.get_device_properties(torch.cuda.current_device())
-SMS = PROPS["multiprocessor_count"]
-
-
-def persistent_programs(shared_per_program):
-    """A persistent grid: as many programs as the SMs hold at once by shared memory (the
-    per-block maximum stands for the SM's, 1 KiB less than it on Hopper; 1 KiB per block
-    is the driver's)."""
-    return SMS * max(1, PROPS["max_shared_mem"] // (shared_per_program + 1024))
+SMS = triton.runtime.driver.active.utils.get_device_properties(torch.cuda.current_device())["multiprocessor_count"]
 
 
 def routed_cases(models, tokens):
@@ -149,25 +140,12 @@ def main():
             h[valid] = a[sorted_slots[valid].long()]
             for tile_name, config in tile_forms(variants.DOWN_TILES, variants.DOWN_DEFAULTS):
                 y = torch.empty(S, H, device=DEV, dtype=torch.bfloat16)
-                grid = (m_blocks * triton.cdiv(H, config.constexprs["BLOCK_N"]),)
+                tiles = m_blocks * triton.cdiv(H, config.constexprs["BLOCK_N"])
+                grid = (min(tiles, config.constexprs["PERSISTENT"] * SMS) if config.constexprs["PERSISTENT"] else tiles,)
                 ms = graph_ms(lambda: down[grid](  # noqa: E731
-                    h, w2, y, sorted_slots, block_expert, weights.view(-1), S, k, H, I, k, 0,
+                    h, w2, y, sorted_slots, block_expert, weights.view(-1), S, k, H, I, E, m_blocks, k, 0,
                     **config.constexprs, num_warps=config.num_warps, num_stages=config.num_stages))
-                report("down", tile_name, config, ms, flops, rel_err(y, reference))
-                if "+" in tile_name:
-                    continue
-                c = config.constexprs
-                tile = dict(BLOCK_M=BLOCK_M, BLOCK_N=c["BLOCK_N"], BLOCK_K=c["BLOCK_K"], GROUP_M=c["GROUP_M"])
-                y = torch.empty(S, H, device=DEV, dtype=torch.bfloat16)
-
-                def persistent(programs):
-                    return down_persistent[(programs,)](
-                        h, w2, y, sorted_slots, block_expert, weights.view(-1), S, k, H, I, k, 0, m_blocks, E,
-                        **tile, num_warps=config.num_warps, num_stages=config.num_stages)
-
-                programs = persistent_programs(persistent(SMS).metadata.shared)
-                ms = graph_ms(lambda: persistent(programs))  # noqa: E731
-                report("down", f"{tile_name} persistent x{programs}", config, ms, flops, rel_err(y, reference))
+                report("down", f"{tile_name} x{grid[0]}", config, ms, flops, rel_err(y, reference))
 
 
 if __name__ == "__main__":

@@ -15,68 +15,61 @@ from kernels.grouped_gemm import grouped_tile, tile_coords, tile_expert, tile_sl
 
 
 @triton.jit
-def down(h, w2, y, sorted_slots, block_expert, topk_weights, num_slots, top_k, H, I, y_rows_per_token, y_first_row,
-         ROUTED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-         GROUP_M: tl.constexpr, TMA: tl.constexpr):
-    pid_m, pid_n = tile_coords(H, BLOCK_N, GROUP_M)
-    expert = tile_expert(block_expert, pid_m, ROUTED)
-    if expert < 0:
-        return
-    rows, slots, has_slot = tile_slots(sorted_slots, pid_m, num_slots, BLOCK_M, ROUTED)
-    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    col_ok = cols < H
-    acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-    if TMA:
-        # Both operands through device-side tensor descriptors (TMA on Hopper, which
-        # zero-fills past the edges: no masks; 16% faster than the pointer loads on
-        # mixtral T = 8192, performance-log.md #15). h's rows are contiguous per block;
-        # padding rows are never stored.
-        h_rows = tl.num_programs(0) // tl.cdiv(H, BLOCK_N) * BLOCK_M if ROUTED else num_slots
-        h_desc = tl.make_tensor_descriptor(h, shape=[h_rows, I], strides=[I, 1], block_shape=[BLOCK_M, BLOCK_K])
-        w_desc = tl.make_tensor_descriptor(w2 + expert.to(tl.int64) * H * I, shape=[H, I], strides=[I, 1],
-                                           block_shape=[BLOCK_N, BLOCK_K])
-        for k0 in range(0, I, BLOCK_K):
-            acc = tl.dot(h_desc.load([pid_m * BLOCK_M, k0]), w_desc.load([pid_n * BLOCK_N, k0]).T, acc)
+def down(h, w2, y, sorted_slots, block_expert, topk_weights, num_slots, top_k, H, I, E, num_m_blocks, y_rows_per_token,
+         y_first_row, ROUTED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+         GROUP_M: tl.constexpr, TMA: tl.constexpr, PERSISTENT: tl.constexpr):
+    if PERSISTENT:
+        persistent_tiles(h, w2, y, sorted_slots, block_expert, topk_weights, num_slots, top_k, H, I, E, num_m_blocks,
+                         y_rows_per_token, y_first_row, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
     else:
-        ks = tl.arange(0, BLOCK_K)
-        h_tile = h + rows.to(tl.int64)[:, None] * I + ks[None, :]
-        # Weight rows past H wrap to valid ones (never stored): no column mask on the weight loads.
-        w_tile = w2 + expert.to(tl.int64) * H * I + (cols % H).to(tl.int64)[None, :] * I + ks[:, None]
-        for k0 in range(0, I, BLOCK_K):
-            k_ok = ks < I - k0
-            a = tl.load(h_tile, mask=has_slot[:, None] & k_ok[None, :], other=0.0)
-            acc = tl.dot(a, tl.load(w_tile, mask=k_ok[:, None], other=0.0), acc)
-            h_tile += BLOCK_K
-            w_tile += BLOCK_K
-    store_rows(y, acc, topk_weights, slots, has_slot, cols, col_ok, top_k, H, y_rows_per_token, y_first_row, ROUTED)
+        pid_m, pid_n = tile_coords(H, BLOCK_N, GROUP_M)
+        expert = tile_expert(block_expert, pid_m, ROUTED)
+        if expert < 0:
+            return
+        rows, slots, has_slot = tile_slots(sorted_slots, pid_m, num_slots, BLOCK_M, ROUTED)
+        cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        col_ok = cols < H
+        acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+        if TMA:
+            # Both operands through device-side tensor descriptors (TMA on Hopper, which
+            # zero-fills past the edges: no masks; 16% faster than the pointer loads on
+            # mixtral T = 8192, performance-log.md #15). h's rows are contiguous per block;
+            # padding rows are never stored.
+            h_rows = num_m_blocks * BLOCK_M if ROUTED else num_slots
+            h_desc = tl.make_tensor_descriptor(h, shape=[h_rows, I], strides=[I, 1], block_shape=[BLOCK_M, BLOCK_K])
+            w_desc = tl.make_tensor_descriptor(w2 + expert.to(tl.int64) * H * I, shape=[H, I], strides=[I, 1],
+                                               block_shape=[BLOCK_N, BLOCK_K])
+            for k0 in range(0, I, BLOCK_K):
+                acc = tl.dot(h_desc.load([pid_m * BLOCK_M, k0]), w_desc.load([pid_n * BLOCK_N, k0]).T, acc)
+        else:
+            ks = tl.arange(0, BLOCK_K)
+            h_tile = h + rows.to(tl.int64)[:, None] * I + ks[None, :]
+            # Weight rows past H wrap to valid ones (never stored): no column mask on the weight loads.
+            w_tile = w2 + expert.to(tl.int64) * H * I + (cols % H).to(tl.int64)[None, :] * I + ks[:, None]
+            for k0 in range(0, I, BLOCK_K):
+                k_ok = ks < I - k0
+                a = tl.load(h_tile, mask=has_slot[:, None] & k_ok[None, :], other=0.0)
+                acc = tl.dot(a, tl.load(w_tile, mask=k_ok[:, None], other=0.0), acc)
+                h_tile += BLOCK_K
+                w_tile += BLOCK_K
+        store_rows(y, acc, topk_weights, slots, has_slot, cols, col_ok, top_k, H, y_rows_per_token, y_first_row,
+                   ROUTED)
 
 
 @triton.jit
-def store_rows(y, acc, topk_weights, slots, has_slot, cols, col_ok, top_k, H, y_rows_per_token, y_first_row,
-               ROUTED: tl.constexpr):
-    """A tile's rows of y: each slot's row times its routing weight (routed), rounded once."""
-    if ROUTED:
-        acc = acc * tl.load(topk_weights + slots, mask=has_slot, other=0.0)[:, None]
-    tokens = slots // top_k
-    y_rows = tokens * y_rows_per_token + y_first_row + (slots - tokens * top_k)
-    y_tile = y + y_rows.to(tl.int64)[:, None] * H + cols[None, :]
-    tl.store(y_tile, acc.to(y.dtype.element_ty), mask=has_slot[:, None] & col_ok[None, :])
-
-
-@triton.jit
-def down_persistent(h, w2, y, sorted_slots, block_expert, topk_weights, num_slots, top_k, H, I, y_rows_per_token,
-                    y_first_row, num_m_blocks, num_experts, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                    BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
-    """Experimental (bench/gemm_vs_vllm.py; not in the bundle): the routed down GEMM as a
-    persistent grid of TMA tiles. Each program walks tiles pid, pid + programs, ... in
-    down's grouped order with one pair of tensor descriptors for all of them (w2 seen as
-    [E, H, I]), so a tile's epilogue and the next tile's loads overlap instead of one
-    program ending and another starting; blocks past the padded total are skipped."""
+def persistent_tiles(h, w2, y, sorted_slots, block_expert, topk_weights, num_slots, top_k, H, I, E, num_m_blocks,
+                     y_rows_per_token, y_first_row, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    """The routed down GEMM on a persistent grid (PERSISTENT programs per multiprocessor,
+    the host caps the grid at that many): each program walks tiles pid, pid + programs,
+    ... in the grouped order, both operands through one pair of tensor descriptors for
+    all its tiles (w2 seen as [E, H, I]), so one tile's epilogue overlaps the next
+    tile's loads and padding blocks cost a loop step (qwen3-30b-a3b T = 8192 on an
+    H100: 10% faster than one tile per program, performance-log.md #20)."""
     num_n_blocks = tl.cdiv(H, BLOCK_N)
     h_desc = tl.make_tensor_descriptor(h, shape=[num_m_blocks * BLOCK_M, I], strides=[I, 1],
                                        block_shape=[BLOCK_M, BLOCK_K])
-    w_desc = tl.make_tensor_descriptor(w2, shape=[num_experts, H, I], strides=[H * I, I, 1],
-                                       block_shape=[1, BLOCK_N, BLOCK_K])
+    w_desc = tl.make_tensor_descriptor(w2, shape=[E, H, I], strides=[H * I, I, 1], block_shape=[1, BLOCK_N, BLOCK_K])
     for tile in tl.range(tl.program_id(0), num_m_blocks * num_n_blocks, tl.num_programs(0)):
         pid_m, pid_n = grouped_tile(tile, num_m_blocks, num_n_blocks, GROUP_M)
         expert = tl.load(block_expert + pid_m)
@@ -89,6 +82,18 @@ def down_persistent(h, w2, y, sorted_slots, block_expert, topk_weights, num_slot
                 acc = tl.dot(h_desc.load([pid_m * BLOCK_M, k0]), w.T, acc)
             store_rows(y, acc, topk_weights, slots, has_slot, cols, cols < H, top_k, H, y_rows_per_token, y_first_row,
                        True)
+
+
+@triton.jit
+def store_rows(y, acc, topk_weights, slots, has_slot, cols, col_ok, top_k, H, y_rows_per_token, y_first_row,
+               ROUTED: tl.constexpr):
+    """A tile's rows of y: each slot's row times its routing weight (routed), rounded once."""
+    if ROUTED:
+        acc = acc * tl.load(topk_weights + slots, mask=has_slot, other=0.0)[:, None]
+    tokens = slots // top_k
+    y_rows = tokens * y_rows_per_token + y_first_row + (slots - tokens * top_k)
+    y_tile = y + y_rows.to(tl.int64)[:, None] * H + cols[None, :]
+    tl.store(y_tile, acc.to(y.dtype.element_ty), mask=has_slot[:, None] & col_ok[None, :])
 
 
 @triton.jit

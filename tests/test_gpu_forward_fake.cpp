@@ -258,6 +258,9 @@ class GpuForwardFakeTest : public ::testing::TestWithParam<Api> {
     return &bundle_->kernels().front();
   }
 
+  // The fake drivers' device (tests/fake_driver): an H100's count for CUDA, an MI300X's for HIP.
+  int64_t fake_multiprocessors() const { return cuda() ? 132 : 304; }
+
   static int64_t constexpr_of(const KernelEntry* e, const char* name) {
     auto it = e->constexprs.find(name);
     EXPECT_NE(it, e->constexprs.end()) << e->describe() << " has no constexpr " << name;
@@ -449,7 +452,12 @@ class GpuForwardFakeTest : public ::testing::TestWithParam<Api> {
                          {"top_k", i32(c.k)},
                          {"H", i32(c.H)},
                          {"I", i32(c.I)}}});
-    launches.push_back({down, m_blocks * cdiv(c.H, constexpr_of(down, "BLOCK_N")),
+    // A persistent down tile walks the tiles with at most PERSISTENT programs per multiprocessor.
+    const int64_t down_tiles = m_blocks * cdiv(c.H, constexpr_of(down, "BLOCK_N"));
+    const int64_t per_multiprocessor = constexpr_of(down, "PERSISTENT");
+    const int64_t down_grid =
+        per_multiprocessor > 0 ? std::min(down_tiles, per_multiprocessor * fake_multiprocessors()) : down_tiles;
+    launches.push_back({down, down_grid,
                         {{"h", h},
                          {"w2", ptr(l.w2)},
                          {"y", y},
@@ -460,6 +468,8 @@ class GpuForwardFakeTest : public ::testing::TestWithParam<Api> {
                          {"top_k", i32(c.k)},
                          {"H", i32(c.H)},
                          {"I", i32(c.I)},
+                         {"E", i32(c.E)},
+                         {"num_m_blocks", i32(m_blocks)},
                          {"y_rows_per_token", i32(direct ? 1 : R)},
                          {"y_first_row", i32(0)}}});
     if (c.Is > 0) {
@@ -492,6 +502,8 @@ class GpuForwardFakeTest : public ::testing::TestWithParam<Api> {
                            {"top_k", i32(1)},
                            {"H", i32(c.H)},
                            {"I", i32(c.Is)},
+                           {"E", i32(1)},
+                           {"num_m_blocks", i32(shared_blocks)},
                            {"y_rows_per_token", i32(R)},
                            {"y_first_row", i32(c.k)}}});
     }
@@ -951,6 +963,29 @@ TEST_P(GpuForwardFakeTest, TmaDownTileGetsItsScratchFromTheWorkspace) {
   size_t bytes = 0;
   ASSERT_EQ(tmoe_moe_workspace_size(ctx_, &l.args, &bytes), TMOE_SUCCESS) << tmoe_last_error();
   EXPECT_GE(bytes, workspace_lower_bound(expected) + down->global_scratch_size * expected[4].grid);
+  void* workspace = alloc(bytes);
+  l.args.workspace = workspace;
+  l.args.workspace_bytes = bytes;
+  ASSERT_EQ(forward(l), TMOE_SUCCESS) << tmoe_last_error();
+  check_launches(l, expected, workspace, bytes);
+  std::remove(table.c_str());
+}
+
+// down's persistent tiles: the grid stops at PERSISTENT programs per multiprocessor
+// when the tiles outnumber them, and the program count sizes the TMA scratch.
+TEST_P(GpuForwardFakeTest, PersistentDownTileCapsItsGrid) {
+  const Case c = {"persistent", 512, 64, 8, 1024, 64, 0};
+  const TunedTiles tuned{128, 0, 7};
+  const std::string table = use_tuning_table(c, tuned);
+  OPEN_CONTEXT_OR_RETURN();
+  Layer l = make_layer(c);
+  const std::vector<ExpectedLaunch> expected = expected_launches(l, tuned);
+  const ExpectedLaunch& down = expected[4];
+  ASSERT_EQ(down.entry->variant, "bf16_routed_m128_t7_div16");
+  EXPECT_EQ(constexpr_of(down.entry, "PERSISTENT"), 1);
+  EXPECT_EQ(down.grid, fake_multiprocessors()) << "more tiles than multiprocessors";
+  size_t bytes = 0;
+  ASSERT_EQ(tmoe_moe_workspace_size(ctx_, &l.args, &bytes), TMOE_SUCCESS) << tmoe_last_error();
   void* workspace = alloc(bytes);
   l.args.workspace = workspace;
   l.args.workspace_bytes = bytes;

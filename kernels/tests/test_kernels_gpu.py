@@ -221,7 +221,8 @@ def moe_forward(launcher, x, w13, w2, block_m, logits=None, routing=None, ids=No
     v, _ = gemm_variant("routed", block_m, H, I)
     launcher.launch("down", v, capacity // block_m * n_blocks("down", v, H), h=h, w2=w2, y=y,
                     sorted_slots=al["sorted_slots"], block_expert=al["block_expert"], topk_weights=weights,
-                    num_slots=slots, top_k=k, H=H, I=I, y_rows_per_token=rows_per_token, y_first_row=0)
+                    num_slots=slots, top_k=k, H=H, I=I, E=E, num_m_blocks=capacity // block_m,
+                    y_rows_per_token=rows_per_token, y_first_row=0)
     if shared is not None:
         shared_w13, shared_w2 = shared
         Is = shared_w2.shape[1]
@@ -232,7 +233,7 @@ def moe_forward(launcher, x, w13, w2, block_m, logits=None, routing=None, ids=No
                         h=h_shared, sorted_slots=None, block_expert=None, num_slots=T, top_k=1, H=H, I=Is)
         launcher.launch("down", v, m_blocks * n_blocks("down", v, H), h=h_shared, w2=shared_w2, y=y,
                         sorted_slots=None, block_expert=None, topk_weights=None, num_slots=T, top_k=1, H=H, I=Is,
-                        y_rows_per_token=rows_per_token, y_first_row=k)
+                        E=1, num_m_blocks=m_blocks, y_rows_per_token=rows_per_token, y_first_row=k)
     if rows_per_token > 1:
         v = f"{dtype}_{'div16' if H % 16 == 0 else 'any'}"
         launcher.launch("combine", v, T * triton.cdiv(H, launcher.constexprs("combine", v)["BLOCK_H"]), y=y, out=out,

@@ -83,6 +83,12 @@ struct Step {
   explicit operator bool() const { return entry != nullptr; }
   // Programs over `n` columns in blocks of the variant's `block` constexpr, for each of `rows` row blocks.
   void cover(int64_t rows, int64_t n, const char* block) { programs = rows * cdiv(n, entry->constexpr_or(block, 0)); }
+  // A persistent variant (down's PERSISTENT programs per multiprocessor) walks the
+  // tiles `cover` counted with at most that many programs.
+  void cap_persistent(int multiprocessors) {
+    const int64_t per_multiprocessor = entry->constexpr_or("PERSISTENT", 0);
+    if (per_multiprocessor > 0) programs = std::min(programs, per_multiprocessor * multiprocessors);
+  }
 };
 
 // Everything one forward launches, chosen before the first launch.
@@ -404,6 +410,7 @@ class GpuBackend final : public gpu::TunableBackend {
     const int64_t m_blocks = q.capacity / block_m;
     q.gate_up.cover(m_blocks, p.I, "BLOCK_N");
     q.down.cover(m_blocks, p.H, "BLOCK_N");
+    q.down.cap_persistent(device_->multiprocessor_count());
     if (p.has_shared_expert()) {
       q.shared_block_m = hints.shared ? gemm_block_m(p.T) : kFallbackBlockM;
       const std::string dense = gemm_variant(act, "dense", q.shared_block_m, hints.shared, 0);
@@ -578,6 +585,8 @@ class GpuBackend final : public gpu::TunableBackend {
                                  {"top_k", i32(p.k)},
                                  {"H", i32(p.H)},
                                  {"I", i32(p.I)},
+                                 {"E", i32(p.E)},
+                                 {"num_m_blocks", i32(q.capacity / q.choice.block_m)},
                                  {"y_rows_per_token", i32(q.R)},
                                  {"y_first_row", 0}},
                                 q, ws, stream));
@@ -604,6 +613,8 @@ class GpuBackend final : public gpu::TunableBackend {
                                    {"top_k", 1},
                                    {"H", i32(p.H)},
                                    {"I", i32(p.shared_I)},
+                                   {"E", 1},
+                                   {"num_m_blocks", i32(cdiv(p.T, q.shared_block_m))},
                                    {"y_rows_per_token", i32(q.R)},
                                    {"y_first_row", i32(p.k)}},
                                   q, ws, stream));

@@ -44,6 +44,13 @@ GROUP16 = dict(GROUP_M=16)
 # Triton rewrites them to pointer loads on other targets.
 TMA = dict(TMA=True)
 
+
+def persistent(programs_per_multiprocessor):
+    """down only: a persistent grid of this many programs per multiprocessor (the host
+    caps the grid), each walking tiles through tensor descriptors (performance-log.md #20)."""
+    return dict(PERSISTENT=programs_per_multiprocessor)
+
+
 # BLOCK_M -> tiles, each backend -> (BLOCK_N, BLOCK_K, num_warps, num_stages[, constexprs]). A tile's
 # index is its name ("t0", "t1", ...): `tmoe tune` times them and configs/<device>.json
 # records the winner; the heuristic for untuned devices is in src/gpu/gpu_backend.cpp
@@ -85,11 +92,14 @@ DOWN_TILES = {
           {"cuda": (128, 128, 8, 2), "hip": (128, 64, 4, 2)},
           {"cuda": (256, 64, 8, 3, GROUP16), "hip": (256, 32, 8, 2, GROUP16)},
           {"cuda": (128, 64, 8, 3, GROUP16), "hip": (128, 64, 8, 2, GROUP16)},
-          {"cuda": (256, 64, 8, 3, TMA), "hip": (256, 32, 8, 2, TMA)}),
+          {"cuda": (256, 64, 8, 3, TMA), "hip": (256, 32, 8, 2, TMA)},
+          # The persistent forms of t0 and t1 (two and one programs per SM by shared memory).
+          {"cuda": (128, 64, 8, 3, persistent(2)), "hip": (128, 64, 8, 2, persistent(2))},
+          {"cuda": (256, 64, 8, 3, persistent(1)), "hip": (256, 32, 8, 2, persistent(1))}),
 }
 # The constexprs a grouped GEMM tile sets unless it says otherwise.
 GATE_UP_DEFAULTS = dict(GROUP8, JOINED=False, TMA=False)
-DOWN_DEFAULTS = dict(GROUP8, TMA=False)
+DOWN_DEFAULTS = dict(GROUP8, TMA=False, PERSISTENT=0)
 FALLBACK_BLOCK_M = 32
 FALLBACK_TILE = {"cuda": (64, 64, 4, 3), "hip": (64, 64, 4, 2)}
 
@@ -204,7 +214,8 @@ def down_variants():
         for mode, routed in (("routed", True), ("dense", False)):
             a = pointer(dtype)
             types = dict(h=a, w2=a, y=a, sorted_slots="*i32", block_expert="*i32", topk_weights="*fp32",
-                         num_slots="i32", top_k="i32", H="i32", I="i32", y_rows_per_token="i32", y_first_row="i32")
+                         num_slots="i32", top_k="i32", H="i32", I="i32", E="i32", num_m_blocks="i32", y_rows_per_token="i32",
+                         y_first_row="i32")
             tiles = DOWN_TILES if routed else dense_tiles(DOWN_TILES)
             yield from gemm_variants("down", "down_combine", f"{dtype}_{mode}", dtype, types, routed, tiles,
                                      DOWN_DEFAULTS)
