@@ -9,8 +9,8 @@ vLLM runs its best large-T config of the peers run (BLOCK 128x256x64, GROUP_SIZE
 kernel not timed here); ours runs each BLOCK_M 128 tile of tools/aot/variants.py as
 bundled (h and y in bf16, as in the library), compiled here by Triton's JIT, and each
 tile that is not a TMA or persistent tile also in its TMA form (weights, and for down
-also h, through device-side tensor descriptors); down's persistent tiles run on
-PERSISTENT programs per SM, as the library launches them.
+also h, through device-side tensor descriptors); persistent tiles run on PERSISTENT
+programs per SM, as the library launches them.
 Both read the same routing: vLLM's alignment (in torch, bench/peers.py) is exactly
 ours (sorted_slots with sentinel S, one expert per block).
 
@@ -56,13 +56,20 @@ def graph_ms(fn, reps=15):
 
 
 def tile_forms(tiles, defaults):
-    """(name, CUDA Config) of each BLOCK_M 128 tile as bundled, then its TMA form where it has none."""
+    """(name, CUDA Config) of each BLOCK_M 128 tile as bundled, then its TMA form where it has
+    none (persistent tiles always use descriptors)."""
     for index, per_backend in enumerate(tiles[BLOCK_M]):
         config = variants.tile_configs(per_backend, dict(defaults, ROUTED=True, BLOCK_M=BLOCK_M))["cuda"]
+        c = config.constexprs
         yield f"t{index}", config
-        if not config.constexprs["TMA"] and not config.constexprs.get("PERSISTENT"):
-            yield f"t{index} +tma", variants.Config(dict(config.constexprs, TMA=True), config.num_warps,
-                                                     config.num_stages)
+        if not c["TMA"] and not c["PERSISTENT"]:
+            yield f"t{index} +tma", variants.Config(dict(c, TMA=True), config.num_warps, config.num_stages)
+
+
+def launch_grid(config, m_blocks, N):
+    """One program per tile, or a persistent tile's PERSISTENT programs per SM at most (as the library)."""
+    tiles = m_blocks * triton.cdiv(N, config.constexprs["BLOCK_N"])
+    return (min(tiles, config.constexprs["PERSISTENT"] * SMS) if config.constexprs["PERSISTENT"] else tiles,)
 
 
 def report(stage, name, config, ms, flops, err):
@@ -122,11 +129,11 @@ def main():
             reference = (F.silu(gate) * up)[sorted_slots[valid].long()]
             for tile_name, config in tile_forms(variants.GATE_UP_TILES, variants.GATE_UP_DEFAULTS):
                 h = torch.empty(capacity, I, device=DEV, dtype=torch.bfloat16)
-                grid = (m_blocks * triton.cdiv(I, config.constexprs["BLOCK_N"]),)
-                ms = graph_ms(lambda: gate_up_swiglu[grid](  # noqa: E731
-                    x, w13, h, sorted_slots, block_expert, S, k, H, I, **config.constexprs,
+                programs = launch_grid(config, m_blocks, I)
+                ms = graph_ms(lambda: gate_up_swiglu[programs](  # noqa: E731
+                    x, w13, h, sorted_slots, block_expert, S, k, H, I, E, m_blocks, **config.constexprs,
                     num_warps=config.num_warps, num_stages=config.num_stages))
-                report("gate_up", tile_name, config, ms, flops, rel_err(h[valid], reference))
+                report("gate_up", f"{tile_name} x{programs[0]}", config, ms, flops, rel_err(h[valid], reference))
         if "down" in stages:
             a = torch.randn(S, I, device=DEV, dtype=torch.bfloat16, generator=gen)
             flops = 2 * S * H * I
@@ -140,12 +147,11 @@ def main():
             h[valid] = a[sorted_slots[valid].long()]
             for tile_name, config in tile_forms(variants.DOWN_TILES, variants.DOWN_DEFAULTS):
                 y = torch.empty(S, H, device=DEV, dtype=torch.bfloat16)
-                tiles = m_blocks * triton.cdiv(H, config.constexprs["BLOCK_N"])
-                grid = (min(tiles, config.constexprs["PERSISTENT"] * SMS) if config.constexprs["PERSISTENT"] else tiles,)
-                ms = graph_ms(lambda: down[grid](  # noqa: E731
+                programs = launch_grid(config, m_blocks, H)
+                ms = graph_ms(lambda: down[programs](  # noqa: E731
                     h, w2, y, sorted_slots, block_expert, weights.view(-1), S, k, H, I, E, m_blocks, k, 0,
                     **config.constexprs, num_warps=config.num_warps, num_stages=config.num_stages))
-                report("down", f"{tile_name} x{grid[0]}", config, ms, flops, rel_err(y, reference))
+                report("down", f"{tile_name} x{programs[0]}", config, ms, flops, rel_err(y, reference))
 
 
 if __name__ == "__main__":

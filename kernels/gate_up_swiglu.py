@@ -10,13 +10,25 @@ h is indexed by padded position (its rows line up with the down GEMM's blocks).
 import triton
 import triton.language as tl
 
-from kernels.grouped_gemm import tile_coords, tile_expert, tile_slots
+from kernels.grouped_gemm import grouped_tile, tile_coords, tile_expert, tile_slots
 
 
 @triton.jit
-def gate_up_swiglu(x, w13, h, sorted_slots, block_expert, num_slots, top_k, H, I, ROUTED: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, JOINED: tl.constexpr,
-                   GROUP_M: tl.constexpr, TMA: tl.constexpr):
+def gate_up_swiglu(x, w13, h, sorted_slots, block_expert, num_slots, top_k, H, I, E, num_m_blocks,
+                   ROUTED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                   JOINED: tl.constexpr, GROUP_M: tl.constexpr, TMA: tl.constexpr, PERSISTENT: tl.constexpr):
+    if PERSISTENT:
+        persistent_tiles(x, w13, h, sorted_slots, block_expert, num_slots, top_k, H, I, E, num_m_blocks, BLOCK_M,
+                         BLOCK_N, BLOCK_K, GROUP_M)
+    else:
+        one_tile(x, w13, h, sorted_slots, block_expert, num_slots, top_k, H, I, ROUTED, BLOCK_M, BLOCK_N, BLOCK_K,
+                 JOINED, GROUP_M, TMA)
+
+
+@triton.jit
+def one_tile(x, w13, h, sorted_slots, block_expert, num_slots, top_k, H, I, ROUTED: tl.constexpr,
+             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, JOINED: tl.constexpr,
+             GROUP_M: tl.constexpr, TMA: tl.constexpr):
     pid_m, pid_n = tile_coords(I, BLOCK_N, GROUP_M)
     expert = tile_expert(block_expert, pid_m, ROUTED)
     if expert < 0:
@@ -56,7 +68,7 @@ def gate_up_swiglu(x, w13, h, sorted_slots, block_expert, num_slots, top_k, H, I
                 acc_up = tl.dot(a, w_desc.load([1, n0, k0]).reshape(BLOCK_N, BLOCK_K).T, acc_up)
             x_tile += BLOCK_K
         if JOINED:
-            acc_gate, acc_up = tl.split(tl.permute(tl.reshape(acc, [BLOCK_M, 2, BLOCK_N]), [0, 2, 1]))
+            acc_gate, acc_up = split_joined(acc, BLOCK_M, BLOCK_N)
     elif JOINED:
         # Columns 0..BLOCK_N-1 of one operand are the gate rows, the next BLOCK_N the up rows.
         halves = tl.arange(0, 2 * BLOCK_N)
@@ -72,7 +84,7 @@ def gate_up_swiglu(x, w13, h, sorted_slots, block_expert, num_slots, top_k, H, I
             acc = tl.dot(a, w, acc)
             x_tile += BLOCK_K
             joined_tile += BLOCK_K
-        acc_gate, acc_up = tl.split(tl.permute(tl.reshape(acc, [BLOCK_M, 2, BLOCK_N]), [0, 2, 1]))
+        acc_gate, acc_up = split_joined(acc, BLOCK_M, BLOCK_N)
     else:
         acc_gate = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
         acc_up = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
@@ -83,6 +95,45 @@ def gate_up_swiglu(x, w13, h, sorted_slots, block_expert, num_slots, top_k, H, I
             acc_up = tl.dot(a, tl.load(gate_tile + up_offset, mask=k_ok[:, None], other=0.0), acc_up)
             x_tile += BLOCK_K
             gate_tile += BLOCK_K
+    store_swiglu(h, acc_gate, acc_up, rows, has_slot, cols, col_ok, I)
+
+
+@triton.jit
+def split_joined(acc, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """(gate, up) accumulators of a joined [BLOCK_M, 2*BLOCK_N] one."""
+    return tl.split(tl.permute(tl.reshape(acc, [BLOCK_M, 2, BLOCK_N]), [0, 2, 1]))
+
+
+@triton.jit
+def store_swiglu(h, acc_gate, acc_up, rows, has_slot, cols, col_ok, I):
     out = acc_gate * tl.sigmoid(acc_gate) * acc_up
     h_tile = h + rows.to(tl.int64)[:, None] * I + cols[None, :]
     tl.store(h_tile, out.to(h.dtype.element_ty), mask=has_slot[:, None] & col_ok[None, :])
+
+
+@triton.jit
+def persistent_tiles(x, w13, h, sorted_slots, block_expert, num_slots, top_k, H, I, E, num_m_blocks,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    """The routed GEMM on a persistent grid (PERSISTENT programs per multiprocessor; the
+    host caps the grid), as down's (down_combine.py): each program walks tiles in the
+    grouped order, the joined gate and up tiles through one tensor descriptor over w13
+    seen as [E, 2, I, H]; x's rows are gathered by token, so they stay pointer loads."""
+    num_n_blocks = tl.cdiv(I, BLOCK_N)
+    w_desc = tl.make_tensor_descriptor(w13, shape=[E, 2, I, H], strides=[2 * I * H, I * H, H, 1],
+                                       block_shape=[1, 2, BLOCK_N, BLOCK_K])
+    ks = tl.arange(0, BLOCK_K)
+    for tile in tl.range(tl.program_id(0), num_m_blocks * num_n_blocks, tl.num_programs(0)):
+        pid_m, pid_n = grouped_tile(tile, num_m_blocks, num_n_blocks, GROUP_M)
+        expert = tl.load(block_expert + pid_m)
+        if expert >= 0:
+            rows, slots, has_slot = tile_slots(sorted_slots, pid_m, num_slots, BLOCK_M, True)
+            x_tile = x + (slots // top_k).to(tl.int64)[:, None] * H + ks[None, :]
+            acc = tl.zeros([BLOCK_M, 2 * BLOCK_N], tl.float32)
+            for k0 in range(0, H, BLOCK_K):
+                a = tl.load(x_tile, mask=has_slot[:, None] & (ks < H - k0)[None, :], other=0.0)
+                w = w_desc.load([expert, 0, pid_n * BLOCK_N, k0]).reshape(2 * BLOCK_N, BLOCK_K)
+                acc = tl.dot(a, w.T, acc)
+                x_tile += BLOCK_K
+            acc_gate, acc_up = split_joined(acc, BLOCK_M, BLOCK_N)
+            cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+            store_swiglu(h, acc_gate, acc_up, rows, has_slot, cols, cols < I, I)

@@ -261,6 +261,14 @@ class GpuForwardFakeTest : public ::testing::TestWithParam<Api> {
   // The fake drivers' device (tests/fake_driver): an H100's count for CUDA, an MI300X's for HIP.
   int64_t fake_multiprocessors() const { return cuda() ? 132 : 304; }
 
+  // A grouped GEMM's programs: one per tile, or for a persistent variant at most
+  // PERSISTENT per multiprocessor.
+  int64_t gemm_grid(const KernelEntry* e, int64_t m_blocks, int64_t n) const {
+    const int64_t tiles = m_blocks * cdiv(n, constexpr_of(e, "BLOCK_N"));
+    const int64_t per_multiprocessor = constexpr_of(e, "PERSISTENT");
+    return per_multiprocessor > 0 ? std::min(tiles, per_multiprocessor * fake_multiprocessors()) : tiles;
+  }
+
   static int64_t constexpr_of(const KernelEntry* e, const char* name) {
     auto it = e->constexprs.find(name);
     EXPECT_NE(it, e->constexprs.end()) << e->describe() << " has no constexpr " << name;
@@ -442,7 +450,7 @@ class GpuForwardFakeTest : public ::testing::TestWithParam<Api> {
                          {"E", i32(c.E)},
                          {"block_m", i32(block_m)},
                          {"capacity", i32(capacity)}}});
-    launches.push_back({gate_up, m_blocks * cdiv(c.I, constexpr_of(gate_up, "BLOCK_N")),
+    launches.push_back({gate_up, gemm_grid(gate_up, m_blocks, c.I),
                         {{"x", ptr(l.x)},
                          {"w13", ptr(l.w13)},
                          {"h", h},
@@ -451,13 +459,10 @@ class GpuForwardFakeTest : public ::testing::TestWithParam<Api> {
                          {"num_slots", i32(S)},
                          {"top_k", i32(c.k)},
                          {"H", i32(c.H)},
-                         {"I", i32(c.I)}}});
-    // A persistent down tile walks the tiles with at most PERSISTENT programs per multiprocessor.
-    const int64_t down_tiles = m_blocks * cdiv(c.H, constexpr_of(down, "BLOCK_N"));
-    const int64_t per_multiprocessor = constexpr_of(down, "PERSISTENT");
-    const int64_t down_grid =
-        per_multiprocessor > 0 ? std::min(down_tiles, per_multiprocessor * fake_multiprocessors()) : down_tiles;
-    launches.push_back({down, down_grid,
+                         {"I", i32(c.I)},
+                         {"E", i32(c.E)},
+                         {"num_m_blocks", i32(m_blocks)}}});
+    launches.push_back({down, gemm_grid(down, m_blocks, c.H),
                         {{"h", h},
                          {"w2", ptr(l.w2)},
                          {"y", y},
@@ -490,7 +495,9 @@ class GpuForwardFakeTest : public ::testing::TestWithParam<Api> {
                            {"num_slots", i32(c.T)},
                            {"top_k", i32(1)},
                            {"H", i32(c.H)},
-                           {"I", i32(c.Is)}}});
+                           {"I", i32(c.Is)},
+                           {"E", i32(1)},
+                           {"num_m_blocks", i32(shared_blocks)}}});
       launches.push_back({shared_down, shared_blocks * cdiv(c.H, constexpr_of(shared_down, "BLOCK_N")),
                           {{"h", h_shared},
                            {"w2", ptr(l.shared_w2)},
@@ -971,19 +978,20 @@ TEST_P(GpuForwardFakeTest, TmaDownTileGetsItsScratchFromTheWorkspace) {
   std::remove(table.c_str());
 }
 
-// down's persistent tiles: the grid stops at PERSISTENT programs per multiprocessor
-// when the tiles outnumber them, and the program count sizes the TMA scratch.
-TEST_P(GpuForwardFakeTest, PersistentDownTileCapsItsGrid) {
-  const Case c = {"persistent", 512, 64, 8, 1024, 64, 0};
-  const TunedTiles tuned{128, 0, 7};
+// Persistent tiles: the grid stops at PERSISTENT programs per multiprocessor when
+// the tiles outnumber them, and the program count sizes the TMA scratch.
+TEST_P(GpuForwardFakeTest, PersistentTilesCapTheirGrids) {
+  const Case c = {"persistent", 2048, 16, 8, 1024, 512, 0};  // 128+ M blocks, 4 N blocks
+  const TunedTiles tuned{128, 7, 7};
   const std::string table = use_tuning_table(c, tuned);
   OPEN_CONTEXT_OR_RETURN();
   Layer l = make_layer(c);
   const std::vector<ExpectedLaunch> expected = expected_launches(l, tuned);
-  const ExpectedLaunch& down = expected[4];
-  ASSERT_EQ(down.entry->variant, "bf16_routed_m128_t7_div16");
-  EXPECT_EQ(constexpr_of(down.entry, "PERSISTENT"), 1);
-  EXPECT_EQ(down.grid, fake_multiprocessors()) << "more tiles than multiprocessors";
+  for (const ExpectedLaunch& gemm : {expected[3], expected[4]}) {
+    ASSERT_EQ(gemm.entry->variant, "bf16_routed_m128_t7_div16") << gemm.entry->kernel;
+    EXPECT_EQ(constexpr_of(gemm.entry, "PERSISTENT"), 1) << gemm.entry->kernel;
+    EXPECT_EQ(gemm.grid, fake_multiprocessors()) << gemm.entry->kernel << ": more tiles than multiprocessors";
+  }
   size_t bytes = 0;
   ASSERT_EQ(tmoe_moe_workspace_size(ctx_, &l.args, &bytes), TMOE_SUCCESS) << tmoe_last_error();
   void* workspace = alloc(bytes);

@@ -146,6 +146,10 @@ INSTANTIATE_TEST_SUITE_P(
         LayerCase{.T = 5, .E = 16, .k = 4, .H = 128, .I = 80, .dtype = kF16},
         LayerCase{.T = 40, .E = 8, .k = 1, .H = 64, .I = 48, .dtype = kBF16, .source = kSoftmax},
         LayerCase{.T = 300, .E = 32, .k = 2, .H = 128, .I = 64, .dtype = kBF16, .source = kSoftmax, .shared_I = 32,
+                  .checked_rows = 32},
+        // 128 M blocks of 128 slots times 2-4 N blocks: more tiles than an H100 runs at
+        // once, so the persistent tiles' programs walk several tiles each.
+        LayerCase{.T = 2048, .E = 64, .k = 4, .H = 512, .I = 256, .dtype = kBF16, .source = kSoftmax,
                   .checked_rows = 32})),
     [](const ::testing::TestParamInfo<GpuSanitizeChoicesTest::ParamType>& info) {
       return std::get<0>(info.param) + "_" + case_name(std::get<1>(info.param));

@@ -217,7 +217,7 @@ def moe_forward(launcher, x, w13, w2, block_m, logits=None, routing=None, ids=No
     v, _ = gemm_variant("routed", block_m, H, I)
     launcher.launch("gate_up_swiglu", v, capacity // block_m * n_blocks("gate_up_swiglu", v, I), x=x, w13=w13, h=h,
                     sorted_slots=al["sorted_slots"], block_expert=al["block_expert"], num_slots=slots, top_k=k, H=H,
-                    I=I)
+                    I=I, E=E, num_m_blocks=capacity // block_m)
     v, _ = gemm_variant("routed", block_m, H, I)
     launcher.launch("down", v, capacity // block_m * n_blocks("down", v, H), h=h, w2=w2, y=y,
                     sorted_slots=al["sorted_slots"], block_expert=al["block_expert"], topk_weights=weights,
@@ -230,7 +230,8 @@ def moe_forward(launcher, x, w13, w2, block_m, logits=None, routing=None, ids=No
         v, dense_block_m = gemm_variant("dense", block_m, H, Is)
         m_blocks = triton.cdiv(T, dense_block_m)
         launcher.launch("gate_up_swiglu", v, m_blocks * n_blocks("gate_up_swiglu", v, Is), x=x, w13=shared_w13,
-                        h=h_shared, sorted_slots=None, block_expert=None, num_slots=T, top_k=1, H=H, I=Is)
+                        h=h_shared, sorted_slots=None, block_expert=None, num_slots=T, top_k=1, H=H, I=Is, E=1,
+                        num_m_blocks=m_blocks)
         launcher.launch("down", v, m_blocks * n_blocks("down", v, H), h=h_shared, w2=shared_w2, y=y,
                         sorted_slots=None, block_expert=None, topk_weights=None, num_slots=T, top_k=1, H=H, I=Is,
                         E=1, num_m_blocks=m_blocks, y_rows_per_token=rows_per_token, y_first_row=k)

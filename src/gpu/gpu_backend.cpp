@@ -83,8 +83,8 @@ struct Step {
   explicit operator bool() const { return entry != nullptr; }
   // Programs over `n` columns in blocks of the variant's `block` constexpr, for each of `rows` row blocks.
   void cover(int64_t rows, int64_t n, const char* block) { programs = rows * cdiv(n, entry->constexpr_or(block, 0)); }
-  // A persistent variant (down's PERSISTENT programs per multiprocessor) walks the
-  // tiles `cover` counted with at most that many programs.
+  // A persistent variant (PERSISTENT programs per multiprocessor) walks the tiles
+  // `cover` counted with at most that many programs.
   void cap_persistent(int multiprocessors) {
     const int64_t per_multiprocessor = entry->constexpr_or("PERSISTENT", 0);
     if (per_multiprocessor > 0) programs = std::min(programs, per_multiprocessor * multiprocessors);
@@ -410,6 +410,7 @@ class GpuBackend final : public gpu::TunableBackend {
     const int64_t m_blocks = q.capacity / block_m;
     q.gate_up.cover(m_blocks, p.I, "BLOCK_N");
     q.down.cover(m_blocks, p.H, "BLOCK_N");
+    q.gate_up.cap_persistent(device_->multiprocessor_count());
     q.down.cap_persistent(device_->multiprocessor_count());
     if (p.has_shared_expert()) {
       q.shared_block_m = hints.shared ? gemm_block_m(p.T) : kFallbackBlockM;
@@ -562,6 +563,9 @@ class GpuBackend final : public gpu::TunableBackend {
                                  {"block_m", i32(q.choice.block_m)},
                                  {"capacity", i32(q.capacity)}},
                                 q, ws, stream));
+    // The M blocks the grids cover (persistent variants walk them with fewer programs).
+    const int32_t routed_m_blocks = i32(q.capacity / q.choice.block_m);
+    const int32_t shared_m_blocks = p.has_shared_expert() ? i32(cdiv(p.T, q.shared_block_m)) : 0;
     TMOE_RETURN_IF_ERROR(launch(q.gate_up,
                                 {{"x", device_address(p.x)},
                                  {"w13", device_address(p.w13)},
@@ -571,7 +575,9 @@ class GpuBackend final : public gpu::TunableBackend {
                                  {"num_slots", i32(q.S)},
                                  {"top_k", i32(p.k)},
                                  {"H", i32(p.H)},
-                                 {"I", i32(p.I)}},
+                                 {"I", i32(p.I)},
+                                 {"E", i32(p.E)},
+                                 {"num_m_blocks", routed_m_blocks}},
                                 q, ws, stream));
     const gpu::DeviceAddress y = q.direct ? device_address(p.out) : at(q.ws.y);
     TMOE_RETURN_IF_ERROR(launch(q.down,
@@ -586,7 +592,7 @@ class GpuBackend final : public gpu::TunableBackend {
                                  {"H", i32(p.H)},
                                  {"I", i32(p.I)},
                                  {"E", i32(p.E)},
-                                 {"num_m_blocks", i32(q.capacity / q.choice.block_m)},
+                                 {"num_m_blocks", routed_m_blocks},
                                  {"y_rows_per_token", i32(q.R)},
                                  {"y_first_row", 0}},
                                 q, ws, stream));
@@ -600,7 +606,9 @@ class GpuBackend final : public gpu::TunableBackend {
                                    {"num_slots", i32(p.T)},
                                    {"top_k", 1},
                                    {"H", i32(p.H)},
-                                   {"I", i32(p.shared_I)}},
+                                   {"I", i32(p.shared_I)},
+                                   {"E", 1},
+                                   {"num_m_blocks", shared_m_blocks}},
                                   q, ws, stream));
       TMOE_RETURN_IF_ERROR(launch(q.shared_down,
                                   {{"h", at(q.ws.h_shared)},
@@ -614,7 +622,7 @@ class GpuBackend final : public gpu::TunableBackend {
                                    {"H", i32(p.H)},
                                    {"I", i32(p.shared_I)},
                                    {"E", 1},
-                                   {"num_m_blocks", i32(cdiv(p.T, q.shared_block_m))},
+                                   {"num_m_blocks", shared_m_blocks},
                                    {"y_rows_per_token", i32(q.R)},
                                    {"y_first_row", i32(p.k)}},
                                   q, ws, stream));

@@ -46,8 +46,8 @@ TMA = dict(TMA=True)
 
 
 def persistent(programs_per_multiprocessor):
-    """down only: a persistent grid of this many programs per multiprocessor (the host
-    caps the grid), each walking tiles through tensor descriptors (performance-log.md #20)."""
+    """A persistent grid of this many programs per multiprocessor (the host caps the
+    grid), each walking tiles through tensor descriptors (performance-log.md #20, #26)."""
     return dict(PERSISTENT=programs_per_multiprocessor)
 
 
@@ -77,7 +77,9 @@ GATE_UP_TILES = {
           {"cuda": (128, 64, 8, 3, JOINED), "hip": (128, 64, 8, 2, JOINED)},
           {"cuda": (128, 64, 8, 3, JOINED | GROUP16), "hip": (128, 64, 8, 2, JOINED | GROUP16)},
           {"cuda": (128, 64, 8, 3, JOINED | TMA), "hip": (128, 64, 8, 2, JOINED | TMA)},
-          {"cuda": (128, 64, 8, 3, JOINED | GROUP16 | TMA), "hip": (128, 64, 8, 2, JOINED | GROUP16 | TMA)}),
+          {"cuda": (128, 64, 8, 3, JOINED | GROUP16 | TMA), "hip": (128, 64, 8, 2, JOINED | GROUP16 | TMA)},
+          # t3 on a persistent grid of one program per SM (persistent tiles are joined).
+          {"cuda": (128, 64, 8, 3, JOINED | persistent(1)), "hip": (128, 64, 8, 2, JOINED | persistent(1))}),
 }
 DOWN_TILES = {
     16: ({"cuda": (64, 128, 4, 4), "hip": (64, 64, 4, 2)},
@@ -98,7 +100,7 @@ DOWN_TILES = {
           {"cuda": (256, 64, 8, 3, persistent(1)), "hip": (256, 32, 8, 2, persistent(1))}),
 }
 # The constexprs a grouped GEMM tile sets unless it says otherwise.
-GATE_UP_DEFAULTS = dict(GROUP8, JOINED=False, TMA=False)
+GATE_UP_DEFAULTS = dict(GROUP8, JOINED=False, TMA=False, PERSISTENT=0)
 DOWN_DEFAULTS = dict(GROUP8, TMA=False, PERSISTENT=0)
 FALLBACK_BLOCK_M = 32
 FALLBACK_TILE = {"cuda": (64, 64, 4, 3), "hip": (64, 64, 4, 2)}
@@ -201,7 +203,7 @@ def gate_up_variants():
     for dtype in ACTIVATION_DTYPES:
         a = pointer(dtype)
         types = dict(x=a, w13=a, h=a, sorted_slots="*i32", block_expert="*i32", num_slots="i32", top_k="i32",
-                     H="i32", I="i32")
+                     H="i32", I="i32", E="i32", num_m_blocks="i32")
         for mode, routed, tiles in (("routed", True, GATE_UP_TILES), ("dense", False, dense_tiles(GATE_UP_TILES))):
             yield from gemm_variants("gate_up_swiglu", "gate_up_swiglu", f"{dtype}_{mode}", dtype, types, routed, tiles,
                                      GATE_UP_DEFAULTS)
