@@ -258,6 +258,19 @@ class GpuForwardFakeTest : public ::testing::TestWithParam<Api> {
     return &bundle_->kernels().front();
   }
 
+  // A forward in a workspace of tmoe_moe_workspace_size's bytes, which must hold the
+  // buffers of `expected` plus `scratch` bytes of Triton global scratch.
+  void forward_in_sized_workspace(Layer& l, const std::vector<ExpectedLaunch>& expected, uint64_t scratch) {
+    size_t bytes = 0;
+    ASSERT_EQ(tmoe_moe_workspace_size(ctx_, &l.args, &bytes), TMOE_SUCCESS) << tmoe_last_error();
+    EXPECT_GE(bytes, workspace_lower_bound(expected) + scratch);
+    void* workspace = alloc(bytes);
+    l.args.workspace = workspace;
+    l.args.workspace_bytes = bytes;
+    ASSERT_EQ(forward(l), TMOE_SUCCESS) << tmoe_last_error();
+    check_launches(l, expected, workspace, bytes);
+  }
+
   // The fake drivers' device (tests/fake_driver): an H100's count for CUDA, an MI300X's for HIP.
   int64_t fake_multiprocessors() const { return cuda() ? 132 : 304; }
 
@@ -967,14 +980,7 @@ TEST_P(GpuForwardFakeTest, TmaDownTileGetsItsScratchFromTheWorkspace) {
   if (cuda()) {
     EXPECT_GT(down->global_scratch_size, 0u) << "sm_90 builds the descriptors on the device";
   }
-  size_t bytes = 0;
-  ASSERT_EQ(tmoe_moe_workspace_size(ctx_, &l.args, &bytes), TMOE_SUCCESS) << tmoe_last_error();
-  EXPECT_GE(bytes, workspace_lower_bound(expected) + down->global_scratch_size * expected[4].grid);
-  void* workspace = alloc(bytes);
-  l.args.workspace = workspace;
-  l.args.workspace_bytes = bytes;
-  ASSERT_EQ(forward(l), TMOE_SUCCESS) << tmoe_last_error();
-  check_launches(l, expected, workspace, bytes);
+  forward_in_sized_workspace(l, expected, down->global_scratch_size * expected[4].grid);
   std::remove(table.c_str());
 }
 
@@ -992,13 +998,9 @@ TEST_P(GpuForwardFakeTest, PersistentTilesCapTheirGrids) {
     EXPECT_EQ(constexpr_of(gemm.entry, "PERSISTENT"), 1) << gemm.entry->kernel;
     EXPECT_EQ(gemm.grid, fake_multiprocessors()) << gemm.entry->kernel << ": more tiles than multiprocessors";
   }
-  size_t bytes = 0;
-  ASSERT_EQ(tmoe_moe_workspace_size(ctx_, &l.args, &bytes), TMOE_SUCCESS) << tmoe_last_error();
-  void* workspace = alloc(bytes);
-  l.args.workspace = workspace;
-  l.args.workspace_bytes = bytes;
-  ASSERT_EQ(forward(l), TMOE_SUCCESS) << tmoe_last_error();
-  check_launches(l, expected, workspace, bytes);
+  const uint64_t scratch_per_program =
+      std::max(expected[3].entry->global_scratch_size, expected[4].entry->global_scratch_size);
+  forward_in_sized_workspace(l, expected, scratch_per_program * fake_multiprocessors());
   std::remove(table.c_str());
 }
 
