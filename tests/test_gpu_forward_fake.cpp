@@ -491,13 +491,21 @@ class GpuForwardFakeTest : public ::testing::TestWithParam<Api> {
                          {"y_rows_per_token", i32(direct ? 1 : R)},
                          {"y_first_row", i32(0)}}});
     if (c.Is > 0) {
-      // Dense: BLOCK_M from T by the same rule; m32_any when H or Is is not a multiple of 16.
-      const int64_t dense_m = block_m_rule(c.T, shared_hinted);
-      const KernelEntry* shared_gate_up = entry("gate_up_swiglu", gemm("dense", dense_m, shared_hinted, 0));
-      const KernelEntry* shared_down = entry("down", gemm("dense", dense_m, shared_hinted, 0));
+      // Dense: BLOCK_M from T by the same rule, m128 stepping down to m64 where its grid
+      // would not fill the multiprocessors, each GEMM alone; m32_any when H or Is is
+      // not a multiple of 16.
+      auto dense_entry = [&](const char* kernel, int64_t N) {
+        const int64_t m = block_m_rule(c.T, shared_hinted);
+        const KernelEntry* e = entry(kernel, gemm("dense", m, shared_hinted, 0));
+        if (m == 128 && cdiv(c.T, m) * cdiv(N, constexpr_of(e, "BLOCK_N")) < fake_multiprocessors()) {
+          e = entry(kernel, gemm("dense", 64, true, 0));
+        }
+        return e;
+      };
+      const KernelEntry* shared_gate_up = dense_entry("gate_up_swiglu", c.Is);
+      const KernelEntry* shared_down = dense_entry("down", c.H);
       const int64_t shared_blocks = cdiv(c.T, constexpr_of(shared_gate_up, "BLOCK_M"));
-      EXPECT_EQ(constexpr_of(shared_gate_up, "BLOCK_M"), dense_m);
-      EXPECT_EQ(constexpr_of(shared_down, "BLOCK_M"), dense_m);
+      const int64_t shared_down_blocks = cdiv(c.T, constexpr_of(shared_down, "BLOCK_M"));
       const Want h_shared = buffer("h_shared", c.T * c.Is * es);
       launches.push_back({shared_gate_up, shared_blocks * cdiv(c.Is, constexpr_of(shared_gate_up, "BLOCK_N")),
                           {{"x", ptr(l.x)},
@@ -511,7 +519,7 @@ class GpuForwardFakeTest : public ::testing::TestWithParam<Api> {
                            {"I", i32(c.Is)},
                            {"E", i32(1)},
                            {"num_m_blocks", i32(shared_blocks)}}});
-      launches.push_back({shared_down, shared_blocks * cdiv(c.H, constexpr_of(shared_down, "BLOCK_N")),
+      launches.push_back({shared_down, shared_down_blocks * cdiv(c.H, constexpr_of(shared_down, "BLOCK_N")),
                           {{"h", h_shared},
                            {"w2", ptr(l.shared_w2)},
                            {"y", y},
@@ -523,7 +531,7 @@ class GpuForwardFakeTest : public ::testing::TestWithParam<Api> {
                            {"H", i32(c.H)},
                            {"I", i32(c.Is)},
                            {"E", i32(1)},
-                           {"num_m_blocks", i32(shared_blocks)},
+                           {"num_m_blocks", i32(shared_down_blocks)},
                            {"y_rows_per_token", i32(R)},
                            {"y_first_row", i32(c.k)}}});
     }
@@ -857,8 +865,14 @@ TEST_P(GpuForwardFakeTest, VariantsFollowDtypesAlignmentAndShapes) {
       {{"e100", 300, 100, 4, 64, 32, 0},
        "route/f32_e256 align_count/c256_e256 align_scatter/c256_e256 " + routed("bf16", 16) +
            " combine/bf16_div16"},
-      // 500 rows per expert: BLOCK_M 128; dense BLOCK_M 128 from T = 2000.
+      // 500 rows per expert: BLOCK_M 128; the dense rule's m128 from T = 2000 would run
+      // 16 programs, too few for the multiprocessors: m64.
       {{"prefill", 2000, 8, 2, 64, 32, 16},
+       "route/f32_e64 align_count/c256_e64 align_scatter/c256_e64 " + routed("bf16", 128) +
+           " gate_up_swiglu/bf16_dense_m64_t0_div16 down/bf16_dense_m64_t0_div16 "
+       "combine/bf16_div16"},
+      // Wide enough that the shared expert's m128 grids fill every multiprocessor (16 x 19 programs).
+      {{"prefill_wide_shared", 2000, 8, 2, 2432, 32, 2432},
        "route/f32_e64 align_count/c256_e64 align_scatter/c256_e64 " + routed("bf16", 128) +
            " gate_up_swiglu/bf16_dense_m128_t0_div16 down/bf16_dense_m128_t0_div16 "
        "combine/bf16_div16"},

@@ -98,7 +98,6 @@ struct Plan {
   int64_t R = 0;          // rows of y per token: k, plus one for the shared expert
   int64_t capacity = 0;   // sorted path: padded slots for the worst routing
   int64_t chunks = 0;     // sorted path: align programs
-  int64_t shared_block_m = 0;
   bool direct = false;    // sorted path, R == 1: down writes out, no combine
   Step route, decode_gate_up, decode_shared_gate_up, decode_down;
   Step align_count, align_scatter, gate_up, down, shared_gate_up, shared_down, combine;
@@ -392,6 +391,24 @@ class GpuBackend final : public gpu::TunableBackend {
     return Status::ok();
   }
 
+  // One GEMM of the shared expert over N columns (not tuned: tile t0). BLOCK_M from T
+  // by the routed rule, except that m128 steps down to m64 where its grid would
+  // leave SMs idle: deepseek-v3's shared gate_up at T = 512 ran 64 programs of m128
+  // on 132 SMs, 93 us for 59 MB of weights (ncu, performance-log.md #27). Each dense
+  // GEMM chooses alone: h_shared does not depend on BLOCK_M.
+  Status plan_dense(const char* kernel, const MoeProblem& p, const Hints& hints, int64_t N, Step* step) const {
+    const char* act = dtype_key(p.dtype);
+    int block_m = hints.shared ? gemm_block_m(p.T) : kFallbackBlockM;
+    TMOE_RETURN_IF_ERROR(select(kernel, gemm_variant(act, "dense", block_m, hints.shared, 0), &step->entry));
+    step->cover(cdiv(p.T, block_m), N, "BLOCK_N");
+    if (block_m == 128 && step->programs < device_->multiprocessor_count()) {
+      block_m = 64;
+      TMOE_RETURN_IF_ERROR(select(kernel, gemm_variant(act, "dense", block_m, true, 0), &step->entry));
+      step->cover(cdiv(p.T, block_m), N, "BLOCK_N");
+    }
+    return Status::ok();
+  }
+
   Status plan_sorted(const MoeProblem& p, const Hints& hints, int64_t e_bucket, Plan* plan) const {
     Plan& q = *plan;
     const char* act = dtype_key(p.dtype);
@@ -415,13 +432,8 @@ class GpuBackend final : public gpu::TunableBackend {
     q.gate_up.cap_persistent(device_->multiprocessor_count());
     q.down.cap_persistent(device_->multiprocessor_count());
     if (p.has_shared_expert()) {
-      q.shared_block_m = hints.shared ? gemm_block_m(p.T) : kFallbackBlockM;
-      const std::string dense = gemm_variant(act, "dense", q.shared_block_m, hints.shared, 0);
-      TMOE_RETURN_IF_ERROR(select("gate_up_swiglu", dense, &q.shared_gate_up.entry));
-      TMOE_RETURN_IF_ERROR(select("down", dense, &q.shared_down.entry));
-      const int64_t shared_blocks = cdiv(p.T, q.shared_block_m);
-      q.shared_gate_up.cover(shared_blocks, p.shared_I, "BLOCK_N");
-      q.shared_down.cover(shared_blocks, p.H, "BLOCK_N");
+      TMOE_RETURN_IF_ERROR(plan_dense("gate_up_swiglu", p, hints, p.shared_I, &q.shared_gate_up));
+      TMOE_RETURN_IF_ERROR(plan_dense("down", p, hints, p.H, &q.shared_down));
     }
     if (!q.direct) {
       const bool combine_hinted = p.H % 16 == 0 && aligned16(p.out);
@@ -567,7 +579,7 @@ class GpuBackend final : public gpu::TunableBackend {
                                 q, ws, stream));
     // The M blocks the grids cover (persistent variants walk them with fewer programs).
     const int32_t routed_m_blocks = i32(q.capacity / q.choice.block_m);
-    const int32_t shared_m_blocks = p.has_shared_expert() ? i32(cdiv(p.T, q.shared_block_m)) : 0;
+    auto dense_m_blocks = [&](const Step& s) { return s ? i32(cdiv(p.T, s.entry->constexpr_or("BLOCK_M", 0))) : 0; };
     TMOE_RETURN_IF_ERROR(launch(q.gate_up,
                                 {{"x", device_address(p.x)},
                                  {"w13", device_address(p.w13)},
@@ -610,7 +622,7 @@ class GpuBackend final : public gpu::TunableBackend {
                                    {"H", i32(p.H)},
                                    {"I", i32(p.shared_I)},
                                    {"E", 1},
-                                   {"num_m_blocks", shared_m_blocks}},
+                                   {"num_m_blocks", dense_m_blocks(q.shared_gate_up)}},
                                   q, ws, stream));
       TMOE_RETURN_IF_ERROR(launch(q.shared_down,
                                   {{"h", at(q.ws.h_shared)},
@@ -624,7 +636,7 @@ class GpuBackend final : public gpu::TunableBackend {
                                    {"H", i32(p.H)},
                                    {"I", i32(p.shared_I)},
                                    {"E", 1},
-                                   {"num_m_blocks", shared_m_blocks},
+                                   {"num_m_blocks", dense_m_blocks(q.shared_down)},
                                    {"y_rows_per_token", i32(q.R)},
                                    {"y_first_row", i32(p.k)}},
                                   q, ws, stream));
