@@ -393,15 +393,16 @@ class GpuBackend final : public gpu::TunableBackend {
 
   // One GEMM of the shared expert over N columns (not tuned: tile t0). BLOCK_M from T
   // by the routed rule, except that m128 steps down to m64 where its grid would
-  // leave SMs idle: deepseek-v3's shared gate_up at T = 512 ran 64 programs of m128
-  // on 132 SMs, 93 us for 59 MB of weights (ncu, performance-log.md #27). Each dense
-  // GEMM chooses alone: h_shared does not depend on BLOCK_M.
+  // leave over half the SMs idle: deepseek-v3's shared gate_up at T = 512 ran 64
+  // programs of m128 on 132 SMs, 93 us for 59 MB of weights (ncu), while at T = 1024
+  // m128's 128 programs beat m64's 512 (performance-log.md #27). Each dense GEMM
+  // chooses alone: h_shared does not depend on BLOCK_M.
   Status plan_dense(const char* kernel, const MoeProblem& p, const Hints& hints, int64_t N, Step* step) const {
     const char* act = dtype_key(p.dtype);
     int block_m = hints.shared ? gemm_block_m(p.T) : kFallbackBlockM;
     TMOE_RETURN_IF_ERROR(select(kernel, gemm_variant(act, "dense", block_m, hints.shared, 0), &step->entry));
     step->cover(cdiv(p.T, block_m), N, "BLOCK_N");
-    if (block_m == 128 && step->programs < device_->multiprocessor_count()) {
+    if (block_m == 128 && 2 * step->programs < device_->multiprocessor_count()) {
       block_m = 64;
       TMOE_RETURN_IF_ERROR(select(kernel, gemm_variant(act, "dense", block_m, true, 0), &step->entry));
       step->cover(cdiv(p.T, block_m), N, "BLOCK_N");
