@@ -98,10 +98,12 @@ struct Plan {
   int64_t R = 0;          // rows of y per token: k, plus one for the shared expert
   int64_t capacity = 0;   // sorted path: padded slots for the worst routing
   int64_t chunks = 0;     // sorted path: align programs
-  bool direct = false;    // sorted path, R == 1: down writes out, no combine
   Step route, decode_gate_up, decode_shared_gate_up, decode_down;
   Step align_count, align_scatter, gate_up, down, shared_gate_up, shared_down, combine;
   WorkspaceLayout ws;
+
+  // Sorted path with one row of y per token: down writes out, no combine.
+  bool direct() const { return R == 1; }
 
   std::vector<Step> launches() const {
     std::vector<Step> all;
@@ -414,7 +416,6 @@ class GpuBackend final : public gpu::TunableBackend {
     Plan& q = *plan;
     const char* act = dtype_key(p.dtype);
     const int64_t block_m = q.choice.block_m;
-    q.direct = q.R == 1;
     q.capacity = max_padded_slots(q.S, p.E, block_m);
     TMOE_RETURN_IF_ERROR(check_index_range(p, q));
     const int64_t chunk = q.S <= 16384 ? 256 : 2048;
@@ -436,7 +437,7 @@ class GpuBackend final : public gpu::TunableBackend {
       TMOE_RETURN_IF_ERROR(plan_dense("gate_up_swiglu", p, hints, p.shared_I, &q.shared_gate_up));
       TMOE_RETURN_IF_ERROR(plan_dense("down", p, hints, p.H, &q.shared_down));
     }
-    if (!q.direct) {
+    if (!q.direct()) {
       const bool combine_hinted = p.H % 16 == 0 && aligned16(p.out);
       const std::string combine = std::string(act) + (combine_hinted ? "_div16" : "_any");
       TMOE_RETURN_IF_ERROR(select("combine", combine, &q.combine.entry));
@@ -453,7 +454,7 @@ class GpuBackend final : public gpu::TunableBackend {
     w.block_expert = w.add(q.capacity / block_m * 4);
     w.h = w.add(static_cast<size_t>(q.capacity) * p.I * esize);
     if (p.has_shared_expert()) w.h_shared = w.add(static_cast<size_t>(p.T) * p.shared_I * esize);
-    if (!q.direct) w.y = w.add(static_cast<size_t>(p.T) * q.R * p.H * esize);
+    if (!q.direct()) w.y = w.add(static_cast<size_t>(p.T) * q.R * p.H * esize);
     return Status::ok();
   }
 
@@ -594,7 +595,7 @@ class GpuBackend final : public gpu::TunableBackend {
                                  {"E", i32(p.E)},
                                  {"num_m_blocks", routed_m_blocks}},
                                 q, ws, stream));
-    const gpu::DeviceAddress y = q.direct ? device_address(p.out) : at(q.ws.y);
+    const gpu::DeviceAddress y = q.direct() ? device_address(p.out) : at(q.ws.y);
     TMOE_RETURN_IF_ERROR(launch(q.down,
                                 {{"h", at(q.ws.h)},
                                  {"w2", device_address(p.w2)},
