@@ -54,10 +54,12 @@ def rows_dot_vector(w_rows, v, K, row_ok, BLOCK_N: tl.constexpr, BLOCK_K: tl.con
 
 
 @triton.jit
-def gate_up_block(x, w13, h, topk_ids, top_k, H, I, slot, col_block, ROUTED: tl.constexpr, BLOCK_N: tl.constexpr,
-                  BLOCK_K: tl.constexpr):
-    """h[slot, BLOCK_N columns] = silu(gate) * up for one slot."""
-    cols = col_block * BLOCK_N + tl.arange(0, BLOCK_N)
+def decode_gate_up_swiglu(x, w13, h, topk_ids, top_k, H, I, ROUTED: tl.constexpr, BLOCK_N: tl.constexpr,
+                          BLOCK_K: tl.constexpr):
+    pid = tl.program_id(0)
+    col_blocks = tl.cdiv(I, BLOCK_N)
+    slot = pid // col_blocks
+    cols = (pid % col_blocks) * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < I
     if ROUTED:
         expert = tl.load(topk_ids + slot).to(tl.int64)
@@ -81,9 +83,14 @@ def gate_up_block(x, w13, h, topk_ids, top_k, H, I, slot, col_block, ROUTED: tl.
 
 
 @triton.jit
-def routed_down_sum(h, w2, topk_ids, topk_weights, top_k, H, I, token, cols, col_ok, BLOCK_N: tl.constexpr,
-                    BLOCK_K: tl.constexpr, EXPERTS_PER_PASS: tl.constexpr):
-    """f32 [BLOCK_N]: sum over the token's k experts of weight_j * (h[slot j] @ w2[expert j]^T), in order."""
+def decode_down_combine(h, w2, out, topk_ids, topk_weights, h_shared, shared_w2, top_k, H, I, shared_I,
+                        HAS_SHARED: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                        EXPERTS_PER_PASS: tl.constexpr):
+    pid = tl.program_id(0)
+    col_blocks = tl.cdiv(H, BLOCK_N)
+    token = (pid // col_blocks).to(tl.int64)
+    cols = (pid % col_blocks) * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = cols < H
     ks = tl.arange(0, BLOCK_K)
     row0 = tl.arange(0, VECTOR_ROWS) == 0
     lanes = tl.arange(0, EXPERTS_PER_PASS)
@@ -107,28 +114,6 @@ def routed_down_sum(h, w2, topk_ids, topk_weights, top_k, H, I, token, cols, col
             acc = tl.dot(a, w, acc)
         weights = tl.load(topk_weights + slots, mask=j_ok, other=0.0)
         total += tl.sum(tl.sum(acc, 1) * weights[:, None], 0)
-    return total
-
-
-@triton.jit
-def decode_gate_up_swiglu(x, w13, h, topk_ids, top_k, H, I, ROUTED: tl.constexpr, BLOCK_N: tl.constexpr,
-                          BLOCK_K: tl.constexpr):
-    pid = tl.program_id(0)
-    col_blocks = tl.cdiv(I, BLOCK_N)
-    gate_up_block(x, w13, h, topk_ids, top_k, H, I, pid // col_blocks, pid % col_blocks, ROUTED, BLOCK_N, BLOCK_K)
-
-
-@triton.jit
-def decode_down_combine(h, w2, out, topk_ids, topk_weights, h_shared, shared_w2, top_k, H, I, shared_I,
-                        HAS_SHARED: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                        EXPERTS_PER_PASS: tl.constexpr):
-    pid = tl.program_id(0)
-    col_blocks = tl.cdiv(H, BLOCK_N)
-    token = (pid // col_blocks).to(tl.int64)
-    cols = (pid % col_blocks) * BLOCK_N + tl.arange(0, BLOCK_N)
-    col_ok = cols < H
-    total = routed_down_sum(h, w2, topk_ids, topk_weights, top_k, H, I, token, cols, col_ok, BLOCK_N, BLOCK_K,
-                            EXPERTS_PER_PASS)
     if HAS_SHARED:
         rows = shared_w2 + cols.to(tl.int64) * shared_I
         total += rows_dot_vector(rows, h_shared + token * shared_I, shared_I, col_ok, BLOCK_N, BLOCK_K)
