@@ -79,10 +79,14 @@ struct WorkspaceLayout {
 struct Step {
   const KernelEntry* entry = nullptr;
   int64_t programs = 0;
+  int64_t row_blocks = 0;  // as `cover` was given: a GEMM's num_m_blocks
 
   explicit operator bool() const { return entry != nullptr; }
   // Programs over `n` columns in blocks of the variant's `block` constexpr, for each of `rows` row blocks.
-  void cover(int64_t rows, int64_t n, const char* block) { programs = rows * cdiv(n, entry->constexpr_or(block, 0)); }
+  void cover(int64_t rows, int64_t n, const char* block) {
+    row_blocks = rows;
+    programs = rows * cdiv(n, entry->constexpr_or(block, 0));
+  }
   // A persistent variant (PERSISTENT programs per multiprocessor) walks the tiles
   // `cover` counted with at most that many programs.
   void cap_persistent(int multiprocessors) {
@@ -579,9 +583,6 @@ class GpuBackend final : public gpu::TunableBackend {
                                  {"block_m", i32(q.choice.block_m)},
                                  {"capacity", i32(q.capacity)}},
                                 q, ws, stream));
-    // The M blocks the grids cover (persistent variants walk them with fewer programs).
-    const int32_t routed_m_blocks = i32(q.capacity / q.choice.block_m);
-    auto dense_m_blocks = [&](const Step& s) { return s ? i32(cdiv(p.T, s.entry->constexpr_or("BLOCK_M", 0))) : 0; };
     TMOE_RETURN_IF_ERROR(launch(q.gate_up,
                                 {{"x", device_address(p.x)},
                                  {"w13", device_address(p.w13)},
@@ -593,7 +594,7 @@ class GpuBackend final : public gpu::TunableBackend {
                                  {"H", i32(p.H)},
                                  {"I", i32(p.I)},
                                  {"E", i32(p.E)},
-                                 {"num_m_blocks", routed_m_blocks}},
+                                 {"num_m_blocks", i32(q.gate_up.row_blocks)}},
                                 q, ws, stream));
     const gpu::DeviceAddress y = q.direct() ? device_address(p.out) : at(q.ws.y);
     TMOE_RETURN_IF_ERROR(launch(q.down,
@@ -608,7 +609,7 @@ class GpuBackend final : public gpu::TunableBackend {
                                  {"H", i32(p.H)},
                                  {"I", i32(p.I)},
                                  {"E", i32(p.E)},
-                                 {"num_m_blocks", routed_m_blocks},
+                                 {"num_m_blocks", i32(q.down.row_blocks)},
                                  {"y_rows_per_token", i32(q.R)},
                                  {"y_first_row", 0}},
                                 q, ws, stream));
@@ -624,7 +625,7 @@ class GpuBackend final : public gpu::TunableBackend {
                                    {"H", i32(p.H)},
                                    {"I", i32(p.shared_I)},
                                    {"E", 1},
-                                   {"num_m_blocks", dense_m_blocks(q.shared_gate_up)}},
+                                   {"num_m_blocks", i32(q.shared_gate_up.row_blocks)}},
                                   q, ws, stream));
       TMOE_RETURN_IF_ERROR(launch(q.shared_down,
                                   {{"h", at(q.ws.h_shared)},
@@ -638,7 +639,7 @@ class GpuBackend final : public gpu::TunableBackend {
                                    {"H", i32(p.H)},
                                    {"I", i32(p.shared_I)},
                                    {"E", 1},
-                                   {"num_m_blocks", dense_m_blocks(q.shared_down)},
+                                   {"num_m_blocks", i32(q.shared_down.row_blocks)},
                                    {"y_rows_per_token", i32(q.R)},
                                    {"y_first_row", i32(p.k)}},
                                   q, ws, stream));
