@@ -1,11 +1,14 @@
 """Stage 2, align: expert ids -> the alignment of src/core/align.hpp, on the device.
 
-Two launches over the same grid, one program per CHUNK of slots:
+Two launches over the same grid: one program per CHUNK of slots, and more where the
+fills below would otherwise loop (the host sizes the grid, performance-log.md #28):
   align_count    per-chunk expert histograms into chunk_counts [num_chunks, E], and
-                 the sentinel into every position of sorted_slots;
+                 the sentinel into every position of sorted_slots, CHUNK positions
+                 per program and step;
   align_scatter  every program sums the histograms (totals, and the chunks before
-                 its own), derives counts and offsets, writes its slots at their
-                 stable positions and its share of block_expert.
+                 its own), derives counts and offsets, writes its chunk's slots (if
+                 it has one) at their stable positions, and its share of
+                 block_expert, BLOCK_B entries per step.
 No atomics: the output is a function of the ids alone.
 """
 import triton
@@ -26,9 +29,10 @@ def align_count(topk_ids, chunk_counts, sorted_slots, num_slots, E, capacity, CH
                 BLOCK_E: tl.constexpr):
     chunk = tl.program_id(0)
     lanes, is_slot, experts = chunk_ids(topk_ids, chunk, num_slots, CHUNK)
-    counts = tl.histogram(experts, BLOCK_E, mask=is_slot)
-    bins = tl.arange(0, BLOCK_E)
-    tl.store(chunk_counts + chunk * E + bins, counts, mask=bins < E)
+    if chunk < tl.cdiv(num_slots, CHUNK):
+        counts = tl.histogram(experts, BLOCK_E, mask=is_slot)
+        bins = tl.arange(0, BLOCK_E)
+        tl.store(chunk_counts + chunk * E + bins, counts, mask=bins < E)
     # Padding holds the sentinel num_slots; align_scatter overwrites the real positions.
     for start in range(chunk * CHUNK, capacity, tl.num_programs(0) * CHUNK):
         tl.store(sorted_slots + start + lanes, num_slots, mask=start + lanes < capacity)
@@ -36,9 +40,9 @@ def align_count(topk_ids, chunk_counts, sorted_slots, num_slots, E, capacity, CH
 
 @triton.jit
 def align_scatter(topk_ids, chunk_counts, expert_counts, expert_offsets, sorted_slots, block_expert, num_slots, E,
-                  block_m, capacity, CHUNK: tl.constexpr, BLOCK_E: tl.constexpr):
+                  block_m, capacity, CHUNK: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_B: tl.constexpr):
     chunk = tl.program_id(0)
-    num_chunks = tl.num_programs(0)
+    num_chunks = tl.cdiv(num_slots, CHUNK)
     bins = tl.arange(0, BLOCK_E)
     is_expert = bins < E
     counts = tl.zeros([BLOCK_E], tl.int32)
@@ -59,19 +63,19 @@ def align_scatter(topk_ids, chunk_counts, expert_counts, expert_offsets, sorted_
     # Sorting (expert, lane) keys lists the chunk's slots by expert, then slot: the
     # stable order. A slot's position is then its expert's base plus its index in
     # the sorted chunk, less the chunk slots of earlier experts.
-    lanes, is_slot, experts = chunk_ids(topk_ids, chunk, num_slots, CHUNK)
-    local_counts = tl.histogram(experts, BLOCK_E, mask=is_slot)
-    local_starts = tl.cumsum(local_counts, 0) - local_counts
-    keys = tl.sort(tl.where(is_slot, experts * CHUNK + lanes, BLOCK_E * CHUNK + lanes))
-    sorted_experts = keys // CHUNK
-    base = tl.gather(starts + counts_before - local_starts, tl.minimum(sorted_experts, BLOCK_E - 1), 0)
-    tl.store(sorted_slots + base + lanes, chunk * CHUNK + keys % CHUNK, mask=sorted_experts < BLOCK_E)
+    if chunk < num_chunks:
+        lanes, is_slot, experts = chunk_ids(topk_ids, chunk, num_slots, CHUNK)
+        local_counts = tl.histogram(experts, BLOCK_E, mask=is_slot)
+        local_starts = tl.cumsum(local_counts, 0) - local_counts
+        keys = tl.sort(tl.where(is_slot, experts * CHUNK + lanes, BLOCK_E * CHUNK + lanes))
+        sorted_experts = keys // CHUNK
+        base = tl.gather(starts + counts_before - local_starts, tl.minimum(sorted_experts, BLOCK_E - 1), 0)
+        tl.store(sorted_slots + base + lanes, chunk * CHUNK + keys % CHUNK, mask=sorted_experts < BLOCK_E)
 
     # Block b belongs to the first expert whose region ends past b*block_m, i.e. to
     # expert number (count of regions ending at or before it); -1 past the total.
-    BLOCK_B: tl.constexpr = 4096 // BLOCK_E  # keeps the [BLOCK_B, BLOCK_E] comparison at 4096 lanes
     num_blocks = capacity // block_m
-    for first in range(chunk * BLOCK_B, num_blocks, num_chunks * BLOCK_B):
+    for first in range(chunk * BLOCK_B, num_blocks, tl.num_programs(0) * BLOCK_B):
         blocks = first + tl.arange(0, BLOCK_B)
         first_rows = blocks * block_m
         ended = (ends[None, :] <= first_rows[:, None]) & is_expert[None, :]

@@ -330,7 +330,7 @@ class GpuForwardFakeTest : public ::testing::TestWithParam<Api> {
                         (from_logits || a16(l.weights));
     const bool shared_hinted =
         c.Is == 0 || (c.H % 16 == 0 && c.Is % 16 == 0 && a16(l.x) && a16(l.shared_w13) && a16(l.shared_w2));
-    const int64_t e_bucket = c.E <= 64 ? 64 : c.E <= 256 ? 256 : 1024;
+    const int64_t e_bucket = c.E <= 64 ? 64 : c.E <= 128 ? 128 : c.E <= 256 ? 256 : 1024;
     const Want ids = from_logits ? buffer("topk_ids", S * 4) : ptr(l.ids);
     const Want weights = from_logits ? buffer("topk_weights", S * 4) : ptr(l.weights);
     const Want null = exact(0);
@@ -438,6 +438,10 @@ class GpuForwardFakeTest : public ::testing::TestWithParam<Api> {
     EXPECT_EQ(constexpr_of(align_scatter, "CHUNK"), chunk);
     EXPECT_GE(constexpr_of(align_count, "BLOCK_E"), c.E);
     const int64_t chunks = cdiv(S, chunk);
+    // Programs past the chunks only fill: each at most CHUNK sentinel positions and
+    // BLOCK_B block_expert entries.
+    const int64_t align_programs =
+        std::max({chunks, cdiv(capacity, chunk), cdiv(m_blocks, constexpr_of(align_scatter, "BLOCK_B"))});
 
     // Workspace buffers, sized by the doc's table.
     const Want chunk_counts = buffer("chunk_counts", chunks * c.E * 4);
@@ -445,14 +449,14 @@ class GpuForwardFakeTest : public ::testing::TestWithParam<Api> {
     const Want block_expert = buffer("block_expert", capacity / block_m * 4);
     const Want h = buffer("h", capacity * c.I * es);
     const Want y = direct ? ptr(l.out) : buffer("y", c.T * R * c.H * es);
-    launches.push_back({align_count, chunks,
+    launches.push_back({align_count, align_programs,
                         {{"topk_ids", ids},
                          {"chunk_counts", chunk_counts},
                          {"sorted_slots", sorted_slots},
                          {"num_slots", i32(S)},
                          {"E", i32(c.E)},
                          {"capacity", i32(capacity)}}});
-    launches.push_back({align_scatter, chunks,
+    launches.push_back({align_scatter, align_programs,
                         {{"topk_ids", ids},
                          {"chunk_counts", chunk_counts},
                          {"expert_counts", buffer("expert_counts", c.E * 4)},
@@ -861,8 +865,12 @@ TEST_P(GpuForwardFakeTest, VariantsFollowDtypesAlignmentAndShapes) {
       {{"odd_shared_I", 17, 8, 2, 256, 128, 40},
        "route/f32_e64 align_count/c256_e64 align_scatter/c256_e64 " + routed("bf16", 16) +
            " gate_up_swiglu/bf16_dense_m32_any down/bf16_dense_m32_any combine/bf16_div16"},
-      // E = 100: the 256-expert buckets; S = 1200, 12 rows per expert.
+      // E = 100: the 128-expert buckets; S = 1200, 12 rows per expert.
       {{"e100", 300, 100, 4, 64, 32, 0},
+       "route/f32_e128 align_count/c256_e128 align_scatter/c256_e128 " + routed("bf16", 16) +
+           " combine/bf16_div16"},
+      // E = 200: the 256-expert buckets.
+      {{"e200", 300, 200, 4, 64, 32, 0},
        "route/f32_e256 align_count/c256_e256 align_scatter/c256_e256 " + routed("bf16", 16) +
            " combine/bf16_div16"},
       // 500 rows per expert: BLOCK_M 128; the dense rule's m128 from T = 2000 would run

@@ -174,13 +174,16 @@ def run_align(launcher, ids, E, block_m, chunk):
     slots = ids.numel()
     capacity = max_padded_slots(slots, E, block_m)
     num_chunks = triton.cdiv(slots, chunk)
+    variant = f"c{chunk}_e{expert_bucket(E)}"
+    # The library's grid (docs/kernels.md): a program per chunk and more to fill.
+    block_b = launcher.constexprs("align_scatter", variant)["BLOCK_B"]
+    programs = max(num_chunks, triton.cdiv(capacity, chunk), triton.cdiv(capacity // block_m, block_b))
     out = dict(counts=poisoned(E, torch.int32), offsets=poisoned(E + 1, torch.int32),
                sorted_slots=poisoned(capacity, torch.int32), block_expert=poisoned(capacity // block_m, torch.int32))
     chunk_counts = poisoned(num_chunks * E, torch.int32)
-    variant = f"c{chunk}_e{expert_bucket(E)}"
-    launcher.launch("align_count", variant, num_chunks, topk_ids=ids, chunk_counts=chunk_counts,
+    launcher.launch("align_count", variant, programs, topk_ids=ids, chunk_counts=chunk_counts,
                     sorted_slots=out["sorted_slots"], num_slots=slots, E=E, capacity=capacity)
-    launcher.launch("align_scatter", variant, num_chunks, topk_ids=ids, chunk_counts=chunk_counts,
+    launcher.launch("align_scatter", variant, programs, topk_ids=ids, chunk_counts=chunk_counts,
                     expert_counts=out["counts"], expert_offsets=out["offsets"], sorted_slots=out["sorted_slots"],
                     block_expert=out["block_expert"], num_slots=slots, E=E, block_m=block_m, capacity=capacity)
     return out

@@ -330,7 +330,9 @@ class GpuBackend final : public gpu::TunableBackend {
     q.choice = forced ? *forced : choose(p, hints);
     q.S = p.T * p.k;
     q.R = p.k + (p.has_shared_expert() ? 1 : 0);
-    const int64_t e_bucket = p.E <= 64 ? 64 : p.E <= 256 ? 256 : 1024;
+    // BLOCK_E of the route and align variants (tools/aot/variants.py EXPERT_BUCKETS): the
+    // smallest that holds E, since their reductions and histograms span all BLOCK_E lanes.
+    const int64_t e_bucket = p.E <= 64 ? 64 : p.E <= 128 ? 128 : p.E <= 256 ? 256 : 1024;
     if (p.routed_from_logits()) {
       const std::string route = std::string(dtype_key(p.logits_dtype)) + "_e" + std::to_string(e_bucket);
       TMOE_RETURN_IF_ERROR(select("route", route, &q.route.entry));
@@ -427,7 +429,13 @@ class GpuBackend final : public gpu::TunableBackend {
     const std::string align_variant = std::string("c") + std::to_string(chunk) + "_e" + std::to_string(e_bucket);
     TMOE_RETURN_IF_ERROR(select("align_count", align_variant, &q.align_count.entry));
     TMOE_RETURN_IF_ERROR(select("align_scatter", align_variant, &q.align_scatter.entry));
-    q.align_count.programs = q.align_scatter.programs = q.chunks;
+    // A program per chunk, and more where one would loop over the sentinel fill (CHUNK
+    // positions a step) or block_expert (BLOCK_B entries a step): at S = 128, m16, one
+    // program filled 2048 positions, 10.3 us for both launches against 5.6 with eight
+    // (performance-log.md #28).
+    const int64_t fill_programs = std::max(cdiv(q.capacity, chunk),
+                                           cdiv(q.capacity / block_m, q.align_scatter.entry->constexpr_or("BLOCK_B", 1)));
+    q.align_count.programs = q.align_scatter.programs = std::max(q.chunks, fill_programs);
     const std::string gate_up = gemm_variant(act, "routed", block_m, hints.routed, q.choice.gate_up_tile);
     const std::string down = gemm_variant(act, "routed", block_m, hints.routed, q.choice.down_tile);
     TMOE_RETURN_IF_ERROR(select("gate_up_swiglu", gate_up, &q.gate_up.entry));

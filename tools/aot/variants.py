@@ -20,7 +20,7 @@ TRITON_TYPE = {"f32": "fp32", "bf16": "bf16", "f16": "fp16", "i32": "i32"}
 
 ACTIVATION_DTYPES = ("bf16", "f16")
 LOGITS_DTYPES = ("f32", "bf16", "f16")
-EXPERT_BUCKETS = (64, 256, 1024)  # BLOCK_E: the variant serves E <= BLOCK_E
+EXPERT_BUCKETS = (64, 128, 256, 1024)  # BLOCK_E: the variant serves E <= BLOCK_E
 ALIGN_CHUNKS = (256, 2048)        # slots per align program
 COMBINE_BLOCK_H = 1024
 CACHE_READ_BLOCK = 4096  # int32 words per read_through program (cli/gpu_bench_device.cpp)
@@ -166,10 +166,13 @@ def align_variants():
                          capacity="i32")
     for chunk in ALIGN_CHUNKS:
         for block_e in EXPERT_BUCKETS:
-            configs = same_on_all_backends(dict(CHUNK=chunk, BLOCK_E=block_e), 4 if chunk <= 256 else 8, 1)
+            warps = 4 if chunk <= 256 else 8
             name = f"c{chunk}_e{block_e}"
-            yield Variant("align_count", "align", name, "i32", count_types, configs)
-            yield Variant("align_scatter", "align", name, "i32", scatter_types, configs)
+            yield Variant("align_count", "align", name, "i32", count_types,
+                          same_on_all_backends(dict(CHUNK=chunk, BLOCK_E=block_e), warps, 1))
+            # BLOCK_B block_expert entries per step keep the [BLOCK_B, BLOCK_E] comparison at 4096 lanes.
+            yield Variant("align_scatter", "align", name, "i32", scatter_types,
+                          same_on_all_backends(dict(CHUNK=chunk, BLOCK_E=block_e, BLOCK_B=4096 // block_e), warps, 1))
 
 
 def tile_configs(per_backend, constexprs):
