@@ -6,16 +6,19 @@ kernels/down_combine.py or kernels/grouped_gemm.py.
 
 vLLM runs its best large-T config of the peers run (BLOCK 128x256x64, GROUP_SIZE_M
 16, 8 warps, 3 stages, bf16 output; its w13 writes gate and up, SwiGLU is a further
-kernel not timed here); ours runs each BLOCK_M 128 tile of tools/aot/variants.py as
-bundled (h and y in bf16, as in the library), compiled here by Triton's JIT, and each
-tile that is not a TMA or persistent tile also in its TMA form (weights, and for down
-also h, through device-side tensor descriptors); persistent tiles run on PERSISTENT
-programs per SM, as the library launches them.
+kernel not timed here), or the config env VLLM gives; ours runs each tile of
+tools/aot/variants.py for BLOCK_M (env, default 128) as bundled (h and y in bf16, as
+in the library), compiled here by Triton's JIT, and each tile in one more form: at
+BLOCK_M 128, where it is not a TMA or persistent tile, its TMA form (weights, and for
+down also h, through device-side tensor descriptors); at smaller BLOCK_M, with
+GROUP_M 1 (programs walk N first, as vLLM's small-T configs). Persistent tiles run on
+PERSISTENT programs per SM, as the library launches them.
 Both read the same routing: vLLM's alignment (in torch, bench/peers.py) is exactly
 ours (sorted_slots with sentinel S, one expert per block).
 
 Usage (GPU machine, repository root; .peers/ as in bench/README.md):
-  PYTHONPATH=. python3 bench/gemm_vs_vllm.py   [env MODELS=mixtral-8x7b,... TOKENS=1024,8192 STAGES=gate_up,down]
+  PYTHONPATH=. python3 bench/gemm_vs_vllm.py   [env MODELS=mixtral-8x7b,... TOKENS=1024,8192 STAGES=gate_up,down
+                                              BLOCK_M=128 VLLM=M,N,K,GROUP_SIZE_M,num_warps,num_stages]
 """
 import math
 import os
@@ -32,9 +35,10 @@ from kernels.gate_up_swiglu import gate_up_swiglu  # noqa: E402
 from tools.aot import variants  # noqa: E402
 
 DEV = "cuda"
-BLOCK_M = 128
-VLLM_CONFIG = dict(BLOCK_SIZE_M=BLOCK_M, BLOCK_SIZE_N=256, BLOCK_SIZE_K=64, GROUP_SIZE_M=16, num_warps=8,
-                   num_stages=3)
+BLOCK_M = int(os.environ.get("BLOCK_M", "128"))
+VLLM_CONFIG = dict(zip(("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "GROUP_SIZE_M", "num_warps", "num_stages"),
+                       map(int, os.environ.get("VLLM", "128,256,64,16,8,3").split(","))))
+VLLM_NAME = "{BLOCK_SIZE_M}x{BLOCK_SIZE_N}x{BLOCK_SIZE_K} g{GROUP_SIZE_M} w{num_warps} s{num_stages}".format(**VLLM_CONFIG)
 
 
 def graph_ms(fn, reps=15):
@@ -56,13 +60,15 @@ def graph_ms(fn, reps=15):
 
 
 def tile_forms(tiles, defaults):
-    """(name, CUDA Config) of each BLOCK_M 128 tile as bundled, then its TMA form where it has
-    none (persistent tiles always use descriptors)."""
+    """(name, CUDA Config) of each BLOCK_M tile as bundled, then at BLOCK_M 128 its TMA form
+    where it has none (persistent tiles always use descriptors), else its GROUP_M 1 form."""
     for index, per_backend in enumerate(tiles[BLOCK_M]):
         config = variants.tile_configs(per_backend, dict(defaults, ROUTED=True, BLOCK_M=BLOCK_M))["cuda"]
         c = config.constexprs
         yield f"t{index}", config
-        if not c["TMA"] and not c["PERSISTENT"]:
+        if BLOCK_M < 128:
+            yield f"t{index} +g1", variants.Config(dict(c, GROUP_M=1), config.num_warps, config.num_stages)
+        elif not c["TMA"] and not c["PERSISTENT"]:
             yield f"t{index} +tma", variants.Config(dict(c, TMA=True), config.num_warps, config.num_stages)
 
 
@@ -124,7 +130,7 @@ def main():
             c = torch.empty(S, 2 * I, device=DEV, dtype=torch.bfloat16)
             grid, kw = peers.vllm_launch("w13", m, T, VLLM_CONFIG, (x, w13, c, weights.view(-1), routing))
             ms = graph_ms(lambda: kernel[grid](**kw))
-            print(f"{name} T={T} vllm w13 128x256x64 w8 s3: {ms:.3f} ms {flops / ms / 1e9:.0f} TFLOP/s", flush=True)
+            print(f"{name} T={T} vllm w13 {VLLM_NAME}: {ms:.3f} ms {flops / ms / 1e9:.0f} TFLOP/s", flush=True)
             gate, up = c.float().split(I, dim=1)
             reference = (F.silu(gate) * up)[sorted_slots[valid].long()]
             for tile_name, config in tile_forms(variants.GATE_UP_TILES, variants.GATE_UP_DEFAULTS):
@@ -140,7 +146,7 @@ def main():
             y_vllm = torch.empty(T, k, H, device=DEV, dtype=torch.bfloat16)
             grid, kw = peers.vllm_launch("w2", m, T, VLLM_CONFIG, (a, w2, y_vllm, weights.view(-1), routing))
             ms = graph_ms(lambda: kernel[grid](**kw))
-            print(f"{name} T={T} vllm w2 128x256x64 w8 s3: {ms:.3f} ms {flops / ms / 1e9:.0f} TFLOP/s", flush=True)
+            print(f"{name} T={T} vllm w2 {VLLM_NAME}: {ms:.3f} ms {flops / ms / 1e9:.0f} TFLOP/s", flush=True)
             reference = y_vllm.float().view(S, H)
             # Ours reads h by padded position (gate_up writes it so); vLLM gathers rows of a by slot.
             h = torch.zeros(capacity, I, device=DEV, dtype=torch.bfloat16)

@@ -63,7 +63,10 @@ def persistent(programs_per_multiprocessor):
 GATE_UP_TILES = {
     16: ({"cuda": (64, 128, 4, 4), "hip": (64, 64, 4, 2)},
          {"cuda": (32, 128, 4, 4), "hip": (32, 128, 4, 2)},
-         {"cuda": (128, 64, 4, 4), "hip": (128, 64, 4, 2)}),
+         {"cuda": (128, 64, 4, 4), "hip": (128, 64, 4, 2)},
+         # vLLM's tuned config for gpt-oss-120b and qwen3 at T = 16-256 (64 of w13's rows,
+         # BLOCK_K 256): here 32 gate and 32 up rows, joined.
+         {"cuda": (32, 256, 4, 3, JOINED), "hip": (32, 256, 4, 2, JOINED)}),
     # vLLM's tuned config for deepseek-v3 at T = 64-256 (BLOCK_M 32, 128 of w13's
     # [gate; up] rows, BLOCK_K 128): here 64 gate and 64 up rows, joined.
     32: ({"cuda": (64, 128, 4, 3, JOINED), "hip": (64, 64, 4, 2, JOINED)},),
@@ -84,7 +87,8 @@ GATE_UP_TILES = {
 DOWN_TILES = {
     16: ({"cuda": (64, 128, 4, 4), "hip": (64, 64, 4, 2)},
          {"cuda": (32, 128, 4, 4), "hip": (32, 128, 4, 2)},
-         {"cuda": (128, 64, 4, 4), "hip": (128, 64, 4, 2)}),
+         {"cuda": (128, 64, 4, 4), "hip": (128, 64, 4, 2)},
+         {"cuda": (64, 256, 4, 3), "hip": (64, 256, 4, 2)}),  # vLLM's, as gate_up's t3
     32: ({"cuda": (128, 128, 4, 3), "hip": (128, 64, 4, 2)},),
     64: ({"cuda": (128, 64, 4, 3), "hip": (128, 64, 4, 2)},
          {"cuda": (64, 64, 4, 3), "hip": (64, 64, 4, 2)},
