@@ -293,7 +293,7 @@ class GpuForwardFakeTest : public ::testing::TestWithParam<Api> {
   // sm_90: the persistent tiles at m128), t0 on HIP.
   std::pair<int, int> heuristic_tiles(int64_t m) const {
     if (!cuda()) return {0, 0};
-    return {m == 16 ? 1 : m == 64 ? 2 : 7, m == 64 ? 1 : m == 128 ? 7 : 0};
+    return {m == 16 ? 3 : m == 64 ? 2 : 7, m == 64 ? 1 : m == 128 ? 7 : 0};
   }
 
   // The heuristic's routed gate_up and down variants for BLOCK_M m, as variant_names() lists them.
