@@ -63,7 +63,8 @@ def tile_forms(tiles, defaults):
     """(name, CUDA Config) of each BLOCK_M tile as bundled, then at BLOCK_M 128 its TMA form
     where it has none (persistent tiles always use descriptors), else its GROUP_M 1 form."""
     for index, per_backend in enumerate(tiles[BLOCK_M]):
-        config = variants.tile_configs(per_backend, dict(defaults, ROUTED=True, BLOCK_M=BLOCK_M))["cuda"]
+        config = variants.target_config(variants.tile_configs(per_backend, dict(defaults, ROUTED=True, BLOCK_M=BLOCK_M)),
+                                        TARGET)
         c = config.constexprs
         yield f"t{index}", config
         if BLOCK_M < 128:
@@ -85,6 +86,7 @@ def report(stage, name, config, ms, flops, err):
 
 
 SMS = triton.runtime.driver.active.utils.get_device_properties(torch.cuda.current_device())["multiprocessor_count"]
+TARGET = "cuda:{}{}".format(*torch.cuda.get_device_capability())
 
 
 def routed_cases(models, tokens):

@@ -63,20 +63,26 @@ def poisoned(shape, dtype):
 
 # ----------------------------------------------------------------------------- launchers
 
+def device_target():
+    major, minor = torch.cuda.get_device_capability()
+    return f"cuda:{major}{minor}"
+
+
 class JitLauncher:
-    """Launches the Triton sources with the CUDA configs of the AOT matrix."""
+    """Launches the Triton sources with this device's configs of the AOT matrix."""
     name = "jit"
 
     def __init__(self):
         self.variants = {(v.kernel, v.name): v for v in matrix.all_variants()}
+        self.target = device_target()
         self.dummies = {}
 
     def constexprs(self, kernel, variant):
-        return self.variants[kernel, variant].configs["cuda"].constexprs
+        return matrix.target_config(self.variants[kernel, variant].configs, self.target).constexprs
 
     def launch(self, kernel, variant, grid, **params):
         v = self.variants[kernel, variant]
-        config = v.configs["cuda"]
+        config = matrix.target_config(v.configs, self.target)
         for arg, value in params.items():
             if value is None:  # absent pointer: any tensor of the type, never read
                 ty = v.types[arg]
@@ -451,8 +457,7 @@ def main():
     print(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}", flush=True)
     if args.only != "jit":
         bundle_dir = Path(os.environ.get("TMOE_BUNDLE_DIR", REPO / "build-aot" / "kernels"))
-        major, minor = torch.cuda.get_device_capability()
-        target = f"cuda:{major}{minor}"
+        target = device_target()
         if (bundle_dir / "manifest.json").exists() and target in matrix.TARGETS:
             aot = AotLauncher(bundle_dir, target)
             section("aot route", test_route, aot)

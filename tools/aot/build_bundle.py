@@ -74,7 +74,7 @@ def compile_variant(variant, target_name):
     """Compiles one variant for one target; returns (manifest entry without offset, binary)."""
     import triton
     target = parse_target(target_name)
-    config = variant.configs[target.backend]
+    config = matrix.target_config(variant.configs, target_name)
     fn = getattr(importlib.import_module("kernels." + variant.module), variant.kernel)
     unknown = set(variant.types) - set(fn.arg_names)
     untyped = [a for a in fn.arg_names if a not in variant.types and a not in config.constexprs]

@@ -56,7 +56,8 @@ def persistent(programs_per_multiprocessor):
 # records the winner; the heuristic for untuned devices is in src/gpu/gpu_backend.cpp
 # (docs/kernels.md). The optional last field adds constexprs. gate_up and down pair
 # by BLOCK_M (one alignment serves both GEMMs) and choose their tiles independently.
-# CUDA tiles fit the A100's shared memory (163 KiB) as well as the H100's. AMD keeps
+# CUDA tiles fit the A100's shared memory (163 KiB) as well as the H100's, unless the
+# tile names a target ("cuda:90") whose config replaces the backend's there. AMD keeps
 # two stages: its pipeliner holds one buffer in LDS (64 KiB on gfx90a/gfx942), the
 # next in registers. BLOCK_M 32 has one hinted tile, for `tmoe tune` (the heuristic
 # never picks it); the unhinted fallback ("m32_any") has FALLBACK_TILE.
@@ -82,7 +83,12 @@ GATE_UP_TILES = {
           {"cuda": (128, 64, 8, 3, JOINED | TMA), "hip": (128, 64, 8, 2, JOINED | TMA)},
           {"cuda": (128, 64, 8, 3, JOINED | GROUP16 | TMA), "hip": (128, 64, 8, 2, JOINED | GROUP16 | TMA)},
           # t3 on a persistent grid of one program per SM (persistent tiles are joined).
-          {"cuda": (128, 64, 8, 3, JOINED | persistent(1)), "hip": (128, 64, 8, 2, JOINED | persistent(1))}),
+          {"cuda": (128, 64, 8, 3, JOINED | persistent(1)), "hip": (128, 64, 8, 2, JOINED | persistent(1))},
+          # vLLM's tuned w13 config for deepseek-v3 at T = 512-2048 (128 of w13's rows,
+          # BLOCK_K 128): 64 gate and 64 up rows, joined. Three stages (192 KiB) fit the
+          # H100 only; two were 25% slower there (performance-log.md #30).
+          {"cuda:90": (64, 128, 8, 3, JOINED | GROUP16), "cuda": (64, 128, 8, 2, JOINED | GROUP16),
+           "hip": (64, 64, 8, 2, JOINED | GROUP16)}),
 }
 DOWN_TILES = {
     16: ({"cuda": (64, 128, 4, 4), "hip": (64, 64, 4, 2)},
@@ -138,7 +144,7 @@ class Variant:
     name: str
     dtype: str
     types: dict      # every non-constexpr argument -> Triton type (argument order comes from the function)
-    configs: dict    # backend ("cuda", "hip") -> Config
+    configs: dict    # backend ("cuda", "hip"), or a target ("cuda:90") that overrides its backend -> Config
     divisible_by_16: tuple = ()  # arguments promised multiples of 16 (pointers: 16-byte aligned addresses)
 
 
@@ -180,9 +186,14 @@ def align_variants():
 
 
 def tile_configs(per_backend, constexprs):
-    """backend -> Config for one tile: (BLOCK_N, BLOCK_K, num_warps, num_stages[, more constexprs])."""
+    """backend (or target) -> Config for one tile: (BLOCK_N, BLOCK_K, num_warps, num_stages[, more constexprs])."""
     return {backend: Config(dict(constexprs, BLOCK_N=n, BLOCK_K=k, **(extra[0] if extra else {})), warps, stages)
             for backend, (n, k, warps, stages, *extra) in per_backend.items()}
+
+
+def target_config(configs, target):
+    """The Config a target ("cuda:90") compiles: the target's own where the tile names it, else its backend's."""
+    return configs.get(target, configs[target.split(":")[0]])
 
 
 def gemm_variants(kernel, module, prefix, dtype, types, routed, tiles, defaults):
