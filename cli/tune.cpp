@@ -39,6 +39,12 @@ void progress(const std::string& what, size_t done, size_t total, double best_ms
   std::fflush(stderr);
 }
 
+std::string format_ms(double ms) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%.4f", ms);
+  return text;
+}
+
 std::string today() {
   const std::time_t now = std::time(nullptr);
   char text[16];
@@ -66,15 +72,20 @@ int run_tune(const TuneOptions& opt) {
   table["command"] = opt.command;
   table["dtype"] = "bf16";
   table["timing"] =
-      "median of CUDA-graph replays of the whole layer from router logits; the sweep's 3 fastest and the heuristic "
-      "timed again in 5 alternating rounds, the median round decides";
+      "median of CUDA-graph replays of the whole layer from router logits; the sweep's 3 fastest, the heuristic and "
+      "the updated table's choice timed again in 5 alternating rounds, the median round decides";
   // An existing table of this device keeps the shapes this run does not tune
-  // (checked now, before minutes of sweeping, and merged at every write).
+  // (checked now, before minutes of sweeping, and merged at every write), and its
+  // choice for each T re-tuned runs in the final rounds: a winner must beat it in
+  // the same rounds, not a time from an earlier call (between calls the same
+  // choice moved up to 2.4% on an H100, performance-log.md #30).
   std::string existing;
+  gpu::TuningTable previous;
   if (std::ifstream in(out_file); in) {
     existing.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
     nlohmann::json probe = table;
     check(gpu::merge_tuning_table(existing, "--out " + out_file, &probe));
+    check(gpu::TuningTable::parse(existing, "--out " + out_file, &previous));
     std::printf("updating %s: its other shapes are kept\n", out_file.c_str());
   }
   // Written after every T (with the model in progress), so a sweep cut short (a
@@ -94,8 +105,8 @@ int run_tune(const TuneOptions& opt) {
                             {"k", m.k},       {"tuned", today()}, {"command", opt.command}};
     std::printf("%s (H=%lld I=%lld E=%lld k=%lld)\n", m.name.c_str(), (long long)m.H, (long long)m.I, (long long)m.E,
                 (long long)m.k);
-    std::printf("%8s %11s %-22s %14s %-22s %8s %11s\n", "T", "best ms", "best", "heuristic ms", "heuristic", "speedup",
-                "rel L2 err");
+    std::printf("%8s %11s %-22s %14s %-22s %8s %11s %12s %s\n", "T", "best ms", "best", "heuristic ms", "heuristic",
+                "speedup", "rel L2 err", "previous ms", "previous (the updated table's)");
     for (int64_t T : opt.tokens) {
       LayerInputs::Batch batch = inputs.batch(T);
       MoeProblem problem;
@@ -123,7 +134,14 @@ int run_tune(const TuneOptions& opt) {
       std::sort(sweep.begin(), sweep.end(), by_time);
       std::vector<gpu::KernelChoice> finalists;
       for (size_t i = 0; i < std::min(sweep.size(), kFinalists); ++i) finalists.push_back(sweep[i].second);
-      if (std::find(finalists.begin(), finalists.end(), heuristic) == finalists.end()) finalists.push_back(heuristic);
+      auto add_finalist = [&](const gpu::KernelChoice& c) {
+        if (std::find(finalists.begin(), finalists.end(), c) == finalists.end()) finalists.push_back(c);
+      };
+      add_finalist(heuristic);
+      // The updated table's choice for T, where this bundle still offers it for this problem.
+      const gpu::KernelChoice* before = previous.find({m.E, m.H, m.I, m.k}, T);
+      if (before && std::find(candidates.begin(), candidates.end(), *before) == candidates.end()) before = nullptr;
+      if (before) add_finalist(*before);
       std::vector<std::vector<double>> rounds(finalists.size());
       for (int r = 0; r < kFinalRounds; ++r) {
         for (size_t i = 0; i < finalists.size(); ++i) rounds[i].push_back(time_choice(finalists[i]));
@@ -136,19 +154,24 @@ int run_tune(const TuneOptions& opt) {
       const size_t winner = std::min_element(final_ms.begin(), final_ms.end()) - final_ms.begin();
       const gpu::KernelChoice best = finalists[winner];
       const double best_ms = final_ms[winner];
-      const double heuristic_ms =
-          final_ms[std::find(finalists.begin(), finalists.end(), heuristic) - finalists.begin()];
+      auto final_ms_of = [&](const gpu::KernelChoice& c) {
+        return final_ms[std::find(finalists.begin(), finalists.end(), c) - finalists.begin()];
+      };
+      const double heuristic_ms = final_ms_of(heuristic);
       // The winner's output, checked: a fast wrong kernel must not enter a table.
       check(backend->forward_with(problem, exec, best));
       const double err = batch.relative_error(sample_rows(T, opt.check_rows));
       const bool ok = err <= error_bound(dtype);  // false for NaN
-      std::printf("%8lld %11.4f %-22s %14.4f %-22s %7.2fx %11.2e%s\n", (long long)T, best_ms, best.describe().c_str(),
-                  heuristic_ms, heuristic.describe().c_str(), heuristic_ms / best_ms, err, ok ? "" : "  ERROR ABOVE BOUND");
+      const std::string previous_ms = before ? format_ms(final_ms_of(*before)) : "-";
+      std::printf("%8lld %11.4f %-22s %14.4f %-22s %7.2fx %11.2e %12s %s%s\n", (long long)T, best_ms,
+                  best.describe().c_str(), heuristic_ms, heuristic.describe().c_str(), heuristic_ms / best_ms, err,
+                  previous_ms.c_str(), before ? before->describe().c_str() : "-", ok ? "" : "  ERROR ABOVE BOUND");
       std::fflush(stdout);
       nlohmann::json bucket = gpu::choice_to_json(best);
       bucket["max_tokens"] = T;
       bucket["ms"] = best_ms;
       bucket["heuristic_ms"] = heuristic_ms;
+      if (before) bucket["previous_ms"] = final_ms_of(*before);
       bucket["candidates"] = candidates.size();
       if (!ok) {
         std::printf("FAILED: the winner's error exceeds its bound; %s keeps the buckets before this one\n",
