@@ -15,6 +15,8 @@ import torch
 import triton
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "kernels" / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import peers  # noqa: E402
 import test_kernels_gpu as kt  # noqa: E402
 from kernels import align, route  # noqa: E402
 
@@ -28,21 +30,7 @@ CASES = [  # model, E, k, (T, block_m) as the H100 table plans them
 
 
 def per_copy_us(fn):
-    fn()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(REPS):
-            fn()
-    times = []
-    for _ in range(9):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[4] * 1000 / REPS
+    return peers.replay_ms(fn, reps=9, copies=REPS, flush=False) * 1000 / REPS
 
 
 def outputs(S, E, block_m):

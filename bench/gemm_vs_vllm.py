@@ -38,25 +38,8 @@ DEV = "cuda"
 BLOCK_M = int(os.environ.get("BLOCK_M", "128"))
 VLLM_CONFIG = dict(zip(("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "GROUP_SIZE_M", "num_warps", "num_stages"),
                        map(int, os.environ.get("VLLM", "128,256,64,16,8,3").split(","))))
+REPS = 15  # graph replays per timing, the median reported
 VLLM_NAME = "{BLOCK_SIZE_M}x{BLOCK_SIZE_N}x{BLOCK_SIZE_K} g{GROUP_SIZE_M} w{num_warps} s{num_stages}".format(**VLLM_CONFIG)
-
-
-def graph_ms(fn, reps=15):
-    fn()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    times = []
-    for _ in range(reps):
-        peers.flush_cache()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[reps // 2]
 
 
 def tile_forms(tiles, defaults):
@@ -131,23 +114,23 @@ def main():
             flops = 2 * S * 2 * I * H
             c = torch.empty(S, 2 * I, device=DEV, dtype=torch.bfloat16)
             grid, kw = peers.vllm_launch("w13", m, T, VLLM_CONFIG, (x, w13, c, weights.view(-1), routing))
-            ms = graph_ms(lambda: kernel[grid](**kw))
+            ms = peers.replay_ms(lambda: kernel[grid](**kw), REPS)
             print(f"{name} T={T} vllm w13 {VLLM_NAME}: {ms:.3f} ms {flops / ms / 1e9:.0f} TFLOP/s", flush=True)
             gate, up = c.float().split(I, dim=1)
             reference = (F.silu(gate) * up)[sorted_slots[valid].long()]
             for tile_name, config in tile_forms(variants.GATE_UP_TILES, variants.GATE_UP_DEFAULTS):
                 h = torch.empty(capacity, I, device=DEV, dtype=torch.bfloat16)
                 programs = launch_grid(config, m_blocks, I)
-                ms = graph_ms(lambda: gate_up_swiglu[programs](  # noqa: E731
+                ms = peers.replay_ms(lambda: gate_up_swiglu[programs](  # noqa: E731
                     x, w13, h, sorted_slots, block_expert, S, k, H, I, E, m_blocks, **config.constexprs,
-                    num_warps=config.num_warps, num_stages=config.num_stages))
+                    num_warps=config.num_warps, num_stages=config.num_stages), REPS)
                 report("gate_up", f"{tile_name} x{programs[0]}", config, ms, flops, rel_err(h[valid], reference))
         if "down" in stages:
             a = torch.randn(S, I, device=DEV, dtype=torch.bfloat16, generator=gen)
             flops = 2 * S * H * I
             y_vllm = torch.empty(T, k, H, device=DEV, dtype=torch.bfloat16)
             grid, kw = peers.vllm_launch("w2", m, T, VLLM_CONFIG, (a, w2, y_vllm, weights.view(-1), routing))
-            ms = graph_ms(lambda: kernel[grid](**kw))
+            ms = peers.replay_ms(lambda: kernel[grid](**kw), REPS)
             print(f"{name} T={T} vllm w2 {VLLM_NAME}: {ms:.3f} ms {flops / ms / 1e9:.0f} TFLOP/s", flush=True)
             reference = y_vllm.float().view(S, H)
             # Ours reads h by padded position (gate_up writes it so); vLLM gathers rows of a by slot.
@@ -156,9 +139,9 @@ def main():
             for tile_name, config in tile_forms(variants.DOWN_TILES, variants.DOWN_DEFAULTS):
                 y = torch.empty(S, H, device=DEV, dtype=torch.bfloat16)
                 programs = launch_grid(config, m_blocks, H)
-                ms = graph_ms(lambda: down[programs](  # noqa: E731
+                ms = peers.replay_ms(lambda: down[programs](  # noqa: E731
                     h, w2, y, sorted_slots, block_expert, weights.view(-1), S, k, H, I, E, m_blocks, k, 0,
-                    **config.constexprs, num_warps=config.num_warps, num_stages=config.num_stages))
+                    **config.constexprs, num_warps=config.num_warps, num_stages=config.num_stages), REPS)
                 report("down", f"{tile_name} x{programs[0]}", config, ms, flops, rel_err(y, reference))
 
 

@@ -85,6 +85,29 @@ def flush_cache():
     _flush.sum()
 
 
+def replay_ms(fn, reps, copies=1, flush=True):
+    """Median ms of a CUDA-graph replay of `copies` back-to-back calls of fn over reps
+    replays, one per event pair, L2 flushed before each unless flush is false (for
+    the GEMM and align scripts beside this one)."""
+    fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(copies):
+            fn()
+    times = []
+    for _ in range(reps):
+        if flush:
+            flush_cache()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[reps // 2]
+
+
 def measure(fn, graph, budget_ms=120.0, max_reps=200, min_reps=5):
     """Median ms of fn (or of a CUDA-graph replay of it), one call per event pair, L2 flushed before each."""
     run, how, g = fn, "stream", None
