@@ -272,13 +272,14 @@ class GpuBackend final : public gpu::TunableBackend {
   // Untuned shapes: the decode path for one token (its experts are distinct, so
   // per-slot GEMVs read each weight once), else the sorted path. Its tiles on CUDA
   // are the most frequent winners of each BLOCK_M in the H100 sweeps
-  // (configs/nvidia-h100-80gb-hbm3.json, 2026-11-27: m16 gate_up t3 16 of 17 buckets,
-  // down t0 8 and t3 9, where t3 won by under 1% on large I and lost 5% on qwen3's
-  // I = 768 (performance-log.md #29), so t0; m128 t7/t7, the persistent tiles, 3 of 15, no other pair more than 2, and at
-  // T = 8192 2-5% faster than the previous t6/t5 on three of four models). m64 keeps
-  // t2/t1 (7 of 11 in 2026-11-26's sweep; the newest has 5 m64 buckets split four
-  // ways). The m128 pair runs its descriptors as TMA only on cuda:90: cuda:80 keeps
-  // the sweep before the TMA tiles (t3/t0, 7 of 13). AMD, never measured, keeps t0.
+  // (configs/nvidia-h100-80gb-hbm3.json, 2026-11-27: m16 gate_up t3 16 of 17
+  // buckets, down t0 8 and t3 9, where t3 won by under 1% on large I and lost 5%
+  // on qwen3's I = 768 (performance-log.md #29), so t0; m128 t7/t7, the persistent
+  // tiles, 3 of 15, no other pair more than 2, and at T = 8192 2-5% faster than the
+  // previous t6/t5 on three of four models). m64 keeps t2/t1 (7 of 11 in
+  // 2026-11-26's sweep; the newest has 5 m64 buckets split four ways). The m128
+  // pair runs its descriptors as TMA only on cuda:90: cuda:80 keeps the sweep before
+  // the TMA tiles (t3/t0, 7 of 13). AMD, never measured, keeps t0.
   gpu::KernelChoice heuristic(const MoeProblem& p, const Hints& hints) const {
     if (!hints.routed) return {gpu::GemmPath::sorted, kFallbackBlockM, 0, 0};
     if (hints.decode() && p.T == 1) {
