@@ -17,10 +17,10 @@ from kernels.grouped_gemm import grouped_tile, tile_coords, tile_expert, tile_sl
 @triton.jit
 def down(h, w2, y, sorted_slots, block_expert, topk_weights, num_slots, top_k, H, I, E, num_m_blocks, y_rows_per_token,
          y_first_row, ROUTED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-         GROUP_M: tl.constexpr, TMA: tl.constexpr, PERSISTENT: tl.constexpr):
+         GROUP_M: tl.constexpr, TMA: tl.constexpr, PERSISTENT: tl.constexpr, HALF_TAIL: tl.constexpr):
     if PERSISTENT:
         persistent_tiles(h, w2, y, sorted_slots, block_expert, topk_weights, num_slots, top_k, H, I, E, num_m_blocks,
-                         y_rows_per_token, y_first_row, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
+                         y_rows_per_token, y_first_row, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, HALF_TAIL)
     else:
         pid_m, pid_n = tile_coords(H, BLOCK_N, GROUP_M)
         expert = tile_expert(block_expert, pid_m, ROUTED)
@@ -59,29 +59,52 @@ def down(h, w2, y, sorted_slots, block_expert, topk_weights, num_slots, top_k, H
 @triton.jit
 def persistent_tiles(h, w2, y, sorted_slots, block_expert, topk_weights, num_slots, top_k, H, I, E, num_m_blocks,
                      y_rows_per_token, y_first_row, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                     BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+                     BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, HALF_TAIL: tl.constexpr):
     """The routed down GEMM on a persistent grid (PERSISTENT programs per multiprocessor,
     the host caps the grid at that many): each program walks tiles pid, pid + programs,
-    ... in the grouped order, both operands through one pair of tensor descriptors for
+    ... in the grouped order, both operands through tensor descriptors made once for
     all its tiles (w2 seen as [E, H, I]), so one tile's epilogue overlaps the next
     tile's loads and padding blocks cost a loop step (qwen3-30b-a3b T = 8192 on an
-    H100: 10% faster than one tile per program, performance-log.md #20)."""
+    H100: 10% faster than one tile per program, performance-log.md #20).
+    With HALF_TAIL (an experiment, performance-log.md #31; no bundled tile sets it) a
+    block whose slots fit in its first BLOCK_M / 2 rows (an expert's last block:
+    the slots of a block are a prefix) multiplies only those rows."""
     num_n_blocks = tl.cdiv(H, BLOCK_N)
     h_desc = tl.make_tensor_descriptor(h, shape=[num_m_blocks * BLOCK_M, I], strides=[I, 1],
                                        block_shape=[BLOCK_M, BLOCK_K])
+    if HALF_TAIL:
+        h_half_desc = tl.make_tensor_descriptor(h, shape=[num_m_blocks * BLOCK_M, I], strides=[I, 1],
+                                                block_shape=[BLOCK_M // 2, BLOCK_K])
     w_desc = tl.make_tensor_descriptor(w2, shape=[E, H, I], strides=[H * I, I, 1], block_shape=[1, BLOCK_N, BLOCK_K])
     for tile in tl.range(tl.program_id(0), num_m_blocks * num_n_blocks, tl.num_programs(0)):
         pid_m, pid_n = grouped_tile(tile, num_m_blocks, num_n_blocks, GROUP_M)
         expert = tl.load(block_expert + pid_m)
         if expert >= 0:
-            rows, slots, has_slot = tile_slots(sorted_slots, pid_m, num_slots, BLOCK_M, True)
-            cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-            acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-            for k0 in range(0, I, BLOCK_K):
-                w = w_desc.load([expert, pid_n * BLOCK_N, k0]).reshape(BLOCK_N, BLOCK_K)
-                acc = tl.dot(h_desc.load([pid_m * BLOCK_M, k0]), w.T, acc)
-            store_rows(y, acc, topk_weights, slots, has_slot, cols, cols < H, top_k, H, y_rows_per_token, y_first_row,
-                       True)
+            if HALF_TAIL:
+                _, _, has_slot = tile_slots(sorted_slots, pid_m, num_slots, BLOCK_M, True)
+                if tl.sum(has_slot.to(tl.int32)) <= BLOCK_M // 2:
+                    rows_tile(h_half_desc, w_desc, y, sorted_slots, topk_weights, pid_m * BLOCK_M, expert, pid_n,
+                              num_slots, top_k, H, I, y_rows_per_token, y_first_row, BLOCK_M // 2, BLOCK_N, BLOCK_K)
+                else:
+                    rows_tile(h_desc, w_desc, y, sorted_slots, topk_weights, pid_m * BLOCK_M, expert, pid_n,
+                              num_slots, top_k, H, I, y_rows_per_token, y_first_row, BLOCK_M, BLOCK_N, BLOCK_K)
+            else:
+                rows_tile(h_desc, w_desc, y, sorted_slots, topk_weights, pid_m * BLOCK_M, expert, pid_n, num_slots,
+                          top_k, H, I, y_rows_per_token, y_first_row, BLOCK_M, BLOCK_N, BLOCK_K)
+
+
+@triton.jit
+def rows_tile(h_desc, w_desc, y, sorted_slots, topk_weights, first_row, expert, pid_n, num_slots, top_k, H, I,
+              y_rows_per_token, y_first_row, ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """ROWS rows of h from padded position first_row, times w2[expert]'s BLOCK_N block pid_n, into y."""
+    slots = tl.load(sorted_slots + (first_row + tl.arange(0, ROWS)))
+    has_slot = slots < num_slots
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    acc = tl.zeros([ROWS, BLOCK_N], tl.float32)
+    for k0 in range(0, I, BLOCK_K):
+        w = w_desc.load([expert, pid_n * BLOCK_N, k0]).reshape(BLOCK_N, BLOCK_K)
+        acc = tl.dot(h_desc.load([first_row, k0]), w.T, acc)
+    store_rows(y, acc, topk_weights, slots, has_slot, cols, cols < H, top_k, H, y_rows_per_token, y_first_row, True)
 
 
 @triton.jit

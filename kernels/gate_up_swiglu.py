@@ -16,10 +16,11 @@ from kernels.grouped_gemm import grouped_tile, tile_coords, tile_expert, tile_sl
 @triton.jit
 def gate_up_swiglu(x, w13, h, sorted_slots, block_expert, num_slots, top_k, H, I, E, num_m_blocks,
                    ROUTED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                   JOINED: tl.constexpr, GROUP_M: tl.constexpr, TMA: tl.constexpr, PERSISTENT: tl.constexpr):
+                   JOINED: tl.constexpr, GROUP_M: tl.constexpr, TMA: tl.constexpr, PERSISTENT: tl.constexpr,
+                   HALF_TAIL: tl.constexpr):
     if PERSISTENT:
         persistent_tiles(x, w13, h, sorted_slots, block_expert, num_slots, top_k, H, I, E, num_m_blocks, BLOCK_M,
-                         BLOCK_N, BLOCK_K, GROUP_M)
+                         BLOCK_N, BLOCK_K, GROUP_M, HALF_TAIL)
     else:
         one_tile(x, w13, h, sorted_slots, block_expert, num_slots, top_k, H, I, ROUTED, BLOCK_M, BLOCK_N, BLOCK_K,
                  JOINED, GROUP_M, TMA)
@@ -113,27 +114,49 @@ def store_swiglu(h, acc_gate, acc_up, rows, has_slot, cols, col_ok, I):
 
 @triton.jit
 def persistent_tiles(x, w13, h, sorted_slots, block_expert, num_slots, top_k, H, I, E, num_m_blocks,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+                     HALF_TAIL: tl.constexpr):
     """The routed GEMM on a persistent grid (PERSISTENT programs per multiprocessor; the
     host caps the grid), as down's (down_combine.py): each program walks tiles in the
     grouped order, the joined gate and up tiles through one tensor descriptor over w13
-    seen as [E, 2, I, H]; x's rows are gathered by token, so they stay pointer loads."""
+    seen as [E, 2, I, H]; x's rows are gathered by token, so they stay pointer loads.
+    HALF_TAIL as in down_combine.py (an experiment, no bundled tile sets it)."""
     num_n_blocks = tl.cdiv(I, BLOCK_N)
     w_desc = tl.make_tensor_descriptor(w13, shape=[E, 2, I, H], strides=[2 * I * H, I * H, H, 1],
                                        block_shape=[1, 2, BLOCK_N, BLOCK_K])
-    ks = tl.arange(0, BLOCK_K)
     for tile in tl.range(tl.program_id(0), num_m_blocks * num_n_blocks, tl.num_programs(0)):
         pid_m, pid_n = grouped_tile(tile, num_m_blocks, num_n_blocks, GROUP_M)
         expert = tl.load(block_expert + pid_m)
         if expert >= 0:
-            rows, slots, has_slot = tile_slots(sorted_slots, pid_m, num_slots, BLOCK_M, True)
-            x_tile = x + (slots // top_k).to(tl.int64)[:, None] * H + ks[None, :]
-            acc = tl.zeros([BLOCK_M, 2 * BLOCK_N], tl.float32)
-            for k0 in range(0, H, BLOCK_K):
-                a = tl.load(x_tile, mask=has_slot[:, None] & (ks < H - k0)[None, :], other=0.0)
-                w = w_desc.load([expert, 0, pid_n * BLOCK_N, k0]).reshape(2 * BLOCK_N, BLOCK_K)
-                acc = tl.dot(a, w.T, acc)
-                x_tile += BLOCK_K
-            acc_gate, acc_up = split_joined(acc, BLOCK_M, BLOCK_N)
-            cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-            store_swiglu(h, acc_gate, acc_up, rows, has_slot, cols, cols < I, I)
+            if HALF_TAIL:
+                _, _, has_slot = tile_slots(sorted_slots, pid_m, num_slots, BLOCK_M, True)
+                if tl.sum(has_slot.to(tl.int32)) <= BLOCK_M // 2:
+                    joined_rows_tile(x, w_desc, h, sorted_slots, pid_m * BLOCK_M, expert, pid_n, num_slots, top_k, H,
+                                     I, BLOCK_M // 2, BLOCK_N, BLOCK_K)
+                else:
+                    joined_rows_tile(x, w_desc, h, sorted_slots, pid_m * BLOCK_M, expert, pid_n, num_slots, top_k, H,
+                                     I, BLOCK_M, BLOCK_N, BLOCK_K)
+            else:
+                joined_rows_tile(x, w_desc, h, sorted_slots, pid_m * BLOCK_M, expert, pid_n, num_slots, top_k, H, I,
+                                 BLOCK_M, BLOCK_N, BLOCK_K)
+
+
+@triton.jit
+def joined_rows_tile(x, w_desc, h, sorted_slots, first_row, expert, pid_n, num_slots, top_k, H, I, ROWS: tl.constexpr,
+                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """h's ROWS rows from padded position first_row, BLOCK_N block pid_n: the tokens' rows of
+    x times w13[expert]'s joined gate and up tiles, SwiGLU, stored."""
+    rows = first_row + tl.arange(0, ROWS)
+    slots = tl.load(sorted_slots + rows)
+    has_slot = slots < num_slots
+    ks = tl.arange(0, BLOCK_K)
+    x_tile = x + (slots // top_k).to(tl.int64)[:, None] * H + ks[None, :]
+    acc = tl.zeros([ROWS, 2 * BLOCK_N], tl.float32)
+    for k0 in range(0, H, BLOCK_K):
+        a = tl.load(x_tile, mask=has_slot[:, None] & (ks < H - k0)[None, :], other=0.0)
+        w = w_desc.load([expert, 0, pid_n * BLOCK_N, k0]).reshape(2 * BLOCK_N, BLOCK_K)
+        acc = tl.dot(a, w.T, acc)
+        x_tile += BLOCK_K
+    acc_gate, acc_up = split_joined(acc, ROWS, BLOCK_N)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    store_swiglu(h, acc_gate, acc_up, rows, has_slot, cols, cols < I, I)

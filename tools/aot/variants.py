@@ -110,8 +110,8 @@ DOWN_TILES = {
           {"cuda": (256, 64, 8, 3, persistent(1)), "hip": (256, 32, 8, 2, persistent(1))}),
 }
 # The constexprs a grouped GEMM tile sets unless it says otherwise.
-GATE_UP_DEFAULTS = dict(GROUP8, JOINED=False, TMA=False, PERSISTENT=0)
-DOWN_DEFAULTS = dict(GROUP8, TMA=False, PERSISTENT=0)
+GATE_UP_DEFAULTS = dict(GROUP8, JOINED=False, TMA=False, PERSISTENT=0, HALF_TAIL=False)
+DOWN_DEFAULTS = dict(GROUP8, TMA=False, PERSISTENT=0, HALF_TAIL=False)
 FALLBACK_BLOCK_M = 32
 FALLBACK_TILE = {"cuda": (64, 64, 4, 3), "hip": (64, 64, 4, 2)}
 
