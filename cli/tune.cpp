@@ -132,16 +132,15 @@ int run_tune(const TuneOptions& opt) {
       // build on an H100). The leaders and the heuristic are timed again in turns, and
       // the median of their rounds decides.
       std::sort(sweep.begin(), sweep.end(), by_time);
-      std::vector<gpu::KernelChoice> finalists;
-      for (size_t i = 0; i < std::min(sweep.size(), kFinalists); ++i) finalists.push_back(sweep[i].second);
-      auto add_finalist = [&](const gpu::KernelChoice& c) {
-        if (std::find(finalists.begin(), finalists.end(), c) == finalists.end()) finalists.push_back(c);
-      };
-      add_finalist(heuristic);
-      // The updated table's choice for T, where this bundle still offers it for this problem.
-      const gpu::KernelChoice* before = previous.find({m.E, m.H, m.I, m.k}, T);
-      if (before && std::find(candidates.begin(), candidates.end(), *before) == candidates.end()) before = nullptr;
-      if (before) add_finalist(*before);
+      std::vector<gpu::KernelChoice> swept;
+      for (const auto& timed : sweep) swept.push_back(timed.second);
+      const gpu::KernelChoice* table_choice = previous.find({m.E, m.H, m.I, m.k}, T);
+      const std::vector<gpu::KernelChoice> finalists =
+          gpu::final_round_choices(swept, kFinalists, heuristic, table_choice, candidates);
+      // The updated table's choice, when it ran in the final rounds.
+      const gpu::KernelChoice* before =
+          table_choice && std::find(finalists.begin(), finalists.end(), *table_choice) != finalists.end() ? table_choice
+                                                                                                         : nullptr;
       std::vector<std::vector<double>> rounds(finalists.size());
       for (int r = 0; r < kFinalRounds; ++r) {
         for (size_t i = 0; i < finalists.size(); ++i) rounds[i].push_back(time_choice(finalists[i]));

@@ -59,6 +59,19 @@ json choice_to_json(const KernelChoice& c) {
   return j;
 }
 
+std::vector<KernelChoice> final_round_choices(const std::vector<KernelChoice>& swept, size_t leaders,
+                                              const KernelChoice& heuristic, const KernelChoice* previous,
+                                              const std::vector<KernelChoice>& candidates) {
+  std::vector<KernelChoice> finalists;
+  auto add = [&](const KernelChoice& c) {
+    if (std::find(finalists.begin(), finalists.end(), c) == finalists.end()) finalists.push_back(c);
+  };
+  for (size_t i = 0; i < std::min(leaders, swept.size()); ++i) add(swept[i]);
+  add(heuristic);
+  if (previous && std::find(candidates.begin(), candidates.end(), *previous) != candidates.end()) add(*previous);
+  return finalists;
+}
+
 std::string KernelChoice::describe() const {
   std::string tiles = std::string("t") + std::to_string(gate_up_tile) + "/t" + std::to_string(down_tile);
   return path == GemmPath::decode ? "decode " + tiles : "sorted m" + std::to_string(block_m) + " " + tiles;

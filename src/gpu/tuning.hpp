@@ -83,6 +83,15 @@ Status tuning_table_for(const std::string& device_name, const std::string& targe
 // cards.
 Status merge_tuning_table(std::string_view existing, const std::string& origin, nlohmann::json* fresh);
 
+// `tmoe tune`'s final rounds: the choices timed again after the sweep. The sweep's
+// `leaders` fastest (`swept` in increasing time), then the heuristic's choice, then
+// `previous` (the updated table's choice for this T; null when none) where
+// `candidates` still holds it, each once. A re-tune then replaces the previous
+// choice only by beating it in the same rounds.
+std::vector<KernelChoice> final_round_choices(const std::vector<KernelChoice>& swept, size_t leaders,
+                                              const KernelChoice& heuristic, const KernelChoice* previous,
+                                              const std::vector<KernelChoice>& candidates);
+
 // "NVIDIA H100 80GB HBM3" -> "nvidia-h100-80gb-hbm3": the file name of its table.
 std::string device_slug(std::string_view device_name);
 
