@@ -11,7 +11,7 @@ so with one row per token and no shared expert, down writes out itself.
 import triton
 import triton.language as tl
 
-from kernels.grouped_gemm import grouped_tile, tile_coords, tile_expert, tile_slots
+from kernels.grouped_gemm import fits_half, grouped_tile, tile_coords, tile_expert, tile_slots
 
 
 @triton.jit
@@ -80,9 +80,9 @@ def persistent_tiles(h, w2, y, sorted_slots, block_expert, topk_weights, num_slo
         pid_m, pid_n = grouped_tile(tile, num_m_blocks, num_n_blocks, GROUP_M)
         expert = tl.load(block_expert + pid_m)
         if expert >= 0:
+            # HALF_TAIL is a constexpr test of its own: without it no half-height code is compiled.
             if HALF_TAIL:
-                _, _, has_slot = tile_slots(sorted_slots, pid_m, num_slots, BLOCK_M, True)
-                if tl.sum(has_slot.to(tl.int32)) <= BLOCK_M // 2:
+                if fits_half(sorted_slots, pid_m, num_slots, BLOCK_M):
                     rows_tile(h_half_desc, w_desc, y, sorted_slots, topk_weights, pid_m * BLOCK_M, expert, pid_n,
                               num_slots, top_k, H, I, y_rows_per_token, y_first_row, BLOCK_M // 2, BLOCK_N, BLOCK_K)
                 else:

@@ -10,7 +10,7 @@ h is indexed by padded position (its rows line up with the down GEMM's blocks).
 import triton
 import triton.language as tl
 
-from kernels.grouped_gemm import grouped_tile, tile_coords, tile_expert, tile_slots
+from kernels.grouped_gemm import fits_half, grouped_tile, tile_coords, tile_expert, tile_slots
 
 
 @triton.jit
@@ -128,9 +128,8 @@ def persistent_tiles(x, w13, h, sorted_slots, block_expert, num_slots, top_k, H,
         pid_m, pid_n = grouped_tile(tile, num_m_blocks, num_n_blocks, GROUP_M)
         expert = tl.load(block_expert + pid_m)
         if expert >= 0:
-            if HALF_TAIL:
-                _, _, has_slot = tile_slots(sorted_slots, pid_m, num_slots, BLOCK_M, True)
-                if tl.sum(has_slot.to(tl.int32)) <= BLOCK_M // 2:
+            if HALF_TAIL:  # a constexpr test of its own, as in down_combine.py
+                if fits_half(sorted_slots, pid_m, num_slots, BLOCK_M):
                     joined_rows_tile(x, w_desc, h, sorted_slots, pid_m * BLOCK_M, expert, pid_n, num_slots, top_k, H,
                                      I, BLOCK_M // 2, BLOCK_N, BLOCK_K)
                 else:
