@@ -18,7 +18,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "kernels" / "tests"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import peers  # noqa: E402
 import test_kernels_gpu as kt  # noqa: E402
-from kernels import align, route  # noqa: E402
 
 REPS = 20
 CASES = [  # model, E, k, (T, block_m) as the H100 table plans them
@@ -43,6 +42,7 @@ def outputs(S, E, block_m):
 def main():
     print(f"card: {torch.cuda.get_device_name()}; us per copy, {REPS} copies per graph replay, median of 9")
     g = torch.Generator(device="cuda").manual_seed(0)
+    jit = kt.JitLauncher()  # the bundled configs (warps, BLOCK_B) of each variant
     for model, E, k, points in CASES:
         buckets = [b for b in kt.matrix.EXPERT_BUCKETS if b >= E][:2]  # the library's, and the next
         for T, block_m in points:
@@ -52,36 +52,38 @@ def main():
             row = [f"{model} T={T} S={S} m{block_m}"]
             for block_e in buckets:
                 chunk = kt.align_chunk(S)
-                warps = 4 if chunk <= 256 else 8
+                variant = f"c{chunk}_e{block_e}"
+                block_b = jit.constexprs("align_scatter", variant)["BLOCK_B"]
                 chunk_counts = torch.empty(triton.cdiv(S, chunk) * E, dtype=torch.int32, device="cuda")
-                for name, grid in grids(S, E, block_m, block_e, chunk):
+                for name, programs in grids(S, E, block_m, block_b, chunk):
                     out, capacity = outputs(S, E, block_m)
 
-                    def pair(out=out, capacity=capacity, grid=grid, block_e=block_e, chunk=chunk, warps=warps):
-                        align.align_count[grid](ids, chunk_counts, out["sorted_slots"], S, E, capacity, CHUNK=chunk,
-                                                BLOCK_E=block_e, num_warps=warps)
-                        align.align_scatter[grid](ids, chunk_counts, out["counts"], out["offsets"],
-                                                  out["sorted_slots"], out["block_expert"], S, E, block_m, capacity,
-                                                  CHUNK=chunk, BLOCK_E=block_e, BLOCK_B=4096 // block_e,
-                                                  num_warps=warps)
+                    def pair(out=out, capacity=capacity, programs=programs, variant=variant):
+                        jit.launch("align_count", variant, programs, topk_ids=ids, chunk_counts=chunk_counts,
+                                   sorted_slots=out["sorted_slots"], num_slots=S, E=E, capacity=capacity)
+                        jit.launch("align_scatter", variant, programs, topk_ids=ids, chunk_counts=chunk_counts,
+                                   expert_counts=out["counts"], expert_offsets=out["offsets"],
+                                   sorted_slots=out["sorted_slots"], block_expert=out["block_expert"], num_slots=S,
+                                   E=E, block_m=block_m, capacity=capacity)
 
                     row.append(result(f"e{block_e} pair{name}", pair, out, ref))
             logits = torch.randn(T, E, device="cuda")
             topk_ids, topk_weights = torch.empty(T, k, dtype=torch.int32, device="cuda"), torch.empty(
                 T, k, device="cuda")
             for block_e in buckets:
-                row.append(f"route e{block_e} %.1f" % per_copy_us(lambda: route.route[(T, )](
-                    logits, logits, topk_ids, topk_weights, E, k, 0, 1, 1, 1, 1.0, 0, BLOCK_E=block_e, num_warps=1)))
+                # logits stand in for the correction bias, never read with has_correction_bias 0
+                row.append(f"route e{block_e} %.1f" % per_copy_us(lambda: jit.launch(
+                    "route", f"f32_e{block_e}", T, logits=logits, correction_bias=logits, topk_ids=topk_ids,
+                    topk_weights=topk_weights, E=E, top_k=k, mode=0, renormalize=1, n_group=1, topk_group=1,
+                    routed_scaling_factor=1.0, has_correction_bias=0)))
             print(" | ".join(row), flush=True)
 
 
-def grids(S, E, block_m, block_e, chunk):
-    """The chunks alone, then enough programs that each fills at most one CHUNK of
-    sentinels and one step of block_expert."""
-    capacity = kt.max_padded_slots(S, E, block_m)
+def grids(S, E, block_m, block_b, chunk):
+    """The chunks alone, then the library's grid."""
     chunks = triton.cdiv(S, chunk)
-    wide = max(chunks, triton.cdiv(capacity, chunk), triton.cdiv(capacity // block_m, 4096 // block_e))
-    return [("", (chunks, )), (f"/{wide}", (wide, ))]
+    wide = kt.align_programs(S, kt.max_padded_slots(S, E, block_m), block_m, chunk, block_b)
+    return [("", chunks), (f"/{wide}", wide)]
 
 
 def result(name, fn, out, ref):

@@ -176,14 +176,17 @@ def align_chunk(slots):
     return matrix.ALIGN_CHUNKS[0] if slots <= 16384 else matrix.ALIGN_CHUNKS[-1]
 
 
+def align_programs(slots, capacity, block_m, chunk, block_b):
+    """The library's align grid (docs/kernels.md): a program per chunk, and more to fill."""
+    return max(triton.cdiv(slots, chunk), triton.cdiv(capacity, chunk), triton.cdiv(capacity // block_m, block_b))
+
+
 def run_align(launcher, ids, E, block_m, chunk):
     slots = ids.numel()
     capacity = max_padded_slots(slots, E, block_m)
     num_chunks = triton.cdiv(slots, chunk)
     variant = f"c{chunk}_e{expert_bucket(E)}"
-    # The library's grid (docs/kernels.md): a program per chunk and more to fill.
-    block_b = launcher.constexprs("align_scatter", variant)["BLOCK_B"]
-    programs = max(num_chunks, triton.cdiv(capacity, chunk), triton.cdiv(capacity // block_m, block_b))
+    programs = align_programs(slots, capacity, block_m, chunk, launcher.constexprs("align_scatter", variant)["BLOCK_B"])
     out = dict(counts=poisoned(E, torch.int32), offsets=poisoned(E + 1, torch.int32),
                sorted_slots=poisoned(capacity, torch.int32), block_expert=poisoned(capacity // block_m, torch.int32))
     chunk_counts = poisoned(num_chunks * E, torch.int32)
