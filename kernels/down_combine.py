@@ -66,7 +66,7 @@ def persistent_tiles(h, w2, y, sorted_slots, block_expert, topk_weights, num_slo
     all its tiles (w2 seen as [E, H, I]), so one tile's epilogue overlaps the next
     tile's loads and padding blocks cost a loop step (qwen3-30b-a3b T = 8192 on an
     H100: 10% faster than one tile per program, performance-log.md #20).
-    With HALF_TAIL (an experiment, performance-log.md #31; no bundled tile sets it) a
+    With HALF_TAIL (m128 t8, performance-log.md #31) a
     block whose slots fit in its first BLOCK_M / 2 rows (an expert's last block:
     the slots of a block are a prefix) multiplies only those rows."""
     num_n_blocks = tl.cdiv(H, BLOCK_N)

@@ -120,7 +120,7 @@ def persistent_tiles(x, w13, h, sorted_slots, block_expert, num_slots, top_k, H,
     host caps the grid), as down's (down_combine.py): each program walks tiles in the
     grouped order, the joined gate and up tiles through one tensor descriptor over w13
     seen as [E, 2, I, H]; x's rows are gathered by token, so they stay pointer loads.
-    HALF_TAIL as in down_combine.py (an experiment, no bundled tile sets it)."""
+    HALF_TAIL as in down_combine.py (m128 t9)."""
     num_n_blocks = tl.cdiv(I, BLOCK_N)
     w_desc = tl.make_tensor_descriptor(w13, shape=[E, 2, I, H], strides=[2 * I * H, I * H, H, 1],
                                        block_shape=[1, 2, BLOCK_N, BLOCK_K])

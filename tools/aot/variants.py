@@ -43,6 +43,9 @@ GROUP16 = dict(GROUP_M=16)
 # The weights (and down's h) through device-side tensor descriptors: TMA on Hopper;
 # Triton rewrites them to pointer loads on other targets.
 TMA = dict(TMA=True)
+# Persistent tiles only: a block whose slots fit in its first BLOCK_M / 2 rows (an
+# expert's last, mostly padding) multiplies only those (kernels/grouped_gemm.fits_half).
+HALF_TAIL = dict(HALF_TAIL=True)
 
 
 def persistent(programs_per_multiprocessor):
@@ -88,7 +91,10 @@ GATE_UP_TILES = {
           # BLOCK_K 128): 64 gate and 64 up rows, joined. Three stages (192 KiB) fit the
           # H100 only; two were 25% slower there (performance-log.md #30).
           {"cuda:90": (64, 128, 8, 3, JOINED | GROUP16), "cuda": (64, 128, 8, 2, JOINED | GROUP16),
-           "hip": (64, 64, 8, 2, JOINED | GROUP16)}),
+           "hip": (64, 64, 8, 2, JOINED | GROUP16)},
+          # t7 with half-height tail blocks (performance-log.md #31).
+          {"cuda": (128, 64, 8, 3, JOINED | persistent(1) | HALF_TAIL),
+           "hip": (128, 64, 8, 2, JOINED | persistent(1) | HALF_TAIL)}),
 }
 DOWN_TILES = {
     16: ({"cuda": (64, 128, 4, 4), "hip": (64, 64, 4, 2)},
@@ -107,7 +113,9 @@ DOWN_TILES = {
           {"cuda": (256, 64, 8, 3, TMA), "hip": (256, 32, 8, 2, TMA)},
           # The persistent forms of t0 and t1 (two and one programs per SM by shared memory).
           {"cuda": (128, 64, 8, 3, persistent(2)), "hip": (128, 64, 8, 2, persistent(2))},
-          {"cuda": (256, 64, 8, 3, persistent(1)), "hip": (256, 32, 8, 2, persistent(1))}),
+          {"cuda": (256, 64, 8, 3, persistent(1)), "hip": (256, 32, 8, 2, persistent(1))},
+          # t6 with half-height tail blocks (performance-log.md #31).
+          {"cuda": (128, 64, 8, 3, persistent(2) | HALF_TAIL), "hip": (128, 64, 8, 2, persistent(2) | HALF_TAIL)}),
 }
 # The constexprs a grouped GEMM tile sets unless it says otherwise.
 GATE_UP_DEFAULTS = dict(GROUP8, JOINED=False, TMA=False, PERSISTENT=0, HALF_TAIL=False)
