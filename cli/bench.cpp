@@ -76,7 +76,7 @@ int run_bench(const BenchOptions& opt) {
     all_ok = all_ok && ok;
 
     std::vector<double> all_logits(batch.host_logits().begin(), batch.host_logits().end());
-    const reference::Routed routed = reference::route(m.routing, all_logits, T, E);
+    const reference::Routed routed = reference::route(batch.host_args().routing, all_logits, T, E);
     const int64_t active = static_cast<int64_t>(std::set<int32_t>(routed.ids.begin(), routed.ids.end()).size());
 
     double ms = NAN;

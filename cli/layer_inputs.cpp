@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <set>
 #include <stdexcept>
@@ -36,6 +37,20 @@ std::vector<float> random_logits(int64_t T, int64_t E, uint64_t seed) {
     }
   }
   return logits;
+}
+
+// deepseek-v3's routing adds a per-expert correction bias to the scores. Drawn as the
+// peers harness draws it (0.1 * N(0, 1), bench/peers.py), so both route with the same
+// skew: tokens concentrate on fewer experts than with the logits alone.
+std::vector<uint8_t> random_correction_bias(int64_t E, uint64_t seed) {
+  std::mt19937_64 rng(mix(seed));
+  std::normal_distribution<float> normal(0.0f, 0.1f);
+  std::vector<uint8_t> bytes(static_cast<size_t>(E) * sizeof(float));
+  for (int64_t e = 0; e < E; ++e) {
+    const float b = normal(rng);
+    std::memcpy(bytes.data() + e * sizeof(float), &b, sizeof(float));
+  }
+  return bytes;
 }
 
 }  // namespace
@@ -78,6 +93,10 @@ LayerInputs::LayerInputs(BenchDevice& device, const ModelShape& m, tmoe_dtype dt
     sw13_ = place(host_sw13_, &d_sw13_);
     sw2_ = place(host_sw2_, &d_sw2_);
   }
+  if (m.routing.mode == TMOE_ROUTING_SIGMOID_GROUPED_TOPK) {
+    host_bias_ = random_correction_bias(E, seed + 5);
+    bias_ = place(host_bias_, &d_bias_);
+  }
   w13_ = place(host_w13_, &d_w13_);
   w2_ = place(host_w2_, &d_w2_);
 }
@@ -104,6 +123,7 @@ LayerInputs::Batch LayerInputs::batch(int64_t T) const {
   a.x = tmoe::tensor(place(b.host_x_, &b.x_), dtype_, {T, m.H});
   a.router_logits = tmoe::tensor(place(b.host_logits_bytes_, &b.logits_), TMOE_DTYPE_F32, {T, m.E});
   a.routing = m.routing;
+  if (bias_) a.routing.correction_bias = tmoe::tensor(bias_, TMOE_DTYPE_F32, {m.E});
   a.w13 = tmoe::tensor(w13_, dtype_, {m.E, 2 * m.I, m.H});
   a.w2 = tmoe::tensor(w2_, dtype_, {m.E, m.H, m.I});
   if (m.shared_I) {
@@ -121,6 +141,7 @@ tmoe_moe_args LayerInputs::Batch::host_args() const {
   h.router_logits.data = const_cast<float*>(host_logits_.data());
   h.w13.data = const_cast<uint8_t*>(layer_->host_w13_.data());
   h.w2.data = const_cast<uint8_t*>(layer_->host_w2_.data());
+  if (layer_->bias_) h.routing.correction_bias.data = const_cast<uint8_t*>(layer_->host_bias_.data());
   if (layer_->model_.shared_I) {
     h.shared_w13.data = const_cast<uint8_t*>(layer_->host_sw13_.data());
     h.shared_w2.data = const_cast<uint8_t*>(layer_->host_sw2_.data());

@@ -56,12 +56,13 @@ class LayerInputs {
   ModelShape model_;
   tmoe_dtype dtype_;
   uint64_t seed_;
-  std::vector<uint8_t> host_w13_, host_w2_, host_sw13_, host_sw2_;
-  DeviceBuffer d_w13_, d_w2_, d_sw13_, d_sw2_;
+  std::vector<uint8_t> host_w13_, host_w2_, host_sw13_, host_sw2_, host_bias_;
+  DeviceBuffer d_w13_, d_w2_, d_sw13_, d_sw2_, d_bias_;
   void* w13_ = nullptr;  // where the backend reads them: the host copies on the CPU
   void* w2_ = nullptr;
   void* sw13_ = nullptr;
   void* sw2_ = nullptr;
+  void* bias_ = nullptr;  // the routing's correction bias [E] f32, where the model has one
 };
 
 }  // namespace tmoe::cli
