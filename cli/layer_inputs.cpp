@@ -109,12 +109,13 @@ void* LayerInputs::place(std::vector<uint8_t>& host, DeviceBuffer* buffer) const
   return buffer->get();
 }
 
-LayerInputs::Batch LayerInputs::batch(int64_t T) const {
+LayerInputs::Batch LayerInputs::batch(int64_t T, int draw) const {
   const ModelShape& m = model_;
   Batch b;
   b.layer_ = this;
-  b.host_x_ = random_tensor(T * m.H, dtype_, 1.0, seed_ + 100 + static_cast<uint64_t>(T));
-  b.host_logits_ = random_logits(T, m.E, seed_ + 200 + static_cast<uint64_t>(T));
+  const uint64_t batch_seed = seed_ + static_cast<uint64_t>(T) + (static_cast<uint64_t>(draw) << 32);
+  b.host_x_ = random_tensor(T * m.H, dtype_, 1.0, batch_seed + 100);
+  b.host_logits_ = random_logits(T, m.E, batch_seed + 200);
   const auto* logit_bytes = reinterpret_cast<const uint8_t*>(b.host_logits_.data());
   b.host_logits_bytes_.assign(logit_bytes, logit_bytes + b.host_logits_.size() * sizeof(float));
   b.host_out_.assign(static_cast<size_t>(T * m.H) * dtype_size(dtype_), 0xff);  // NaN pattern: unwritten shows

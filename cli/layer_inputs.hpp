@@ -47,7 +47,8 @@ class LayerInputs {
     DeviceBuffer x_, logits_, out_;
     tmoe_moe_args args_{};
   };
-  Batch batch(int64_t T) const;
+  // Draw d > 0: other x and router logits for the same T (another routing draw).
+  Batch batch(int64_t T, int draw = 0) const;
 
  private:
   void* place(std::vector<uint8_t>& host, DeviceBuffer* buffer) const;
