@@ -8,7 +8,7 @@
 # lands in the logs as tuned-table.json and serves the benches through
 # TMOE_TUNING_TABLE). TUNE_FROM=configs/<device>.json starts that table from the
 # committed one, so tuning some models keeps the others' rows (a whole sweep takes
-# about 8 minutes on an H100, past a device call's limit with the checks: tune
+# about 10 minutes on an H100, past a device call's limit with the checks: tune
 # qwen3 and gpt-oss in one call, mixtral and deepseek in the next). SKIP names
 # steps to leave out (e.g. SKIP="tests memcheck python"). Logs go to
 # ./gpu-check-out and, packed as gpu-check-logs.tar.gz, to $OUT when the device
