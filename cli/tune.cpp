@@ -77,9 +77,9 @@ int run_tune(const TuneOptions& opt) {
   table["command"] = opt.command;
   table["dtype"] = "bf16";
   table["timing"] =
-      "median of CUDA-graph replays of the whole layer from router logits; the sweep's 3 fastest, the heuristic and "
-      "the updated table's choice timed again in 5 alternating rounds on 3 routing draws each, the median round's "
-      "mean over the draws decides";
+      "median of CUDA-graph replays of the whole layer from router logits; the sweep's 3 fastest, the fastest of "
+      "each path, the heuristic and the updated table's choice timed again in 5 alternating rounds on 3 routing "
+      "draws each, the median round's mean over the draws decides";
   // An existing table of this device keeps the shapes this run does not tune
   // (checked now, before minutes of sweeping, and merged at every write), and its
   // choice for each T re-tuned runs in the final rounds: a winner must beat it in

@@ -59,19 +59,21 @@ TEST(TuningTableTest, ChoicesRoundTripThroughTheirJson) {
   }
 }
 
-// tmoe tune's final rounds: the sweep's leaders, the heuristic, and the updated
-// table's choice where the bundle still offers it, each once, in that order.
-TEST(TuningTableTest, FinalRoundsHoldTheLeadersTheHeuristicAndTheTablesChoice) {
+// tmoe tune's final rounds: the sweep's leaders, the fastest of each path, the
+// heuristic, and the updated table's choice where the bundle still offers it, each
+// once, in that order.
+TEST(TuningTableTest, FinalRoundsHoldTheLeadersEachPathTheHeuristicAndTheTablesChoice) {
   const KernelChoice a{GemmPath::sorted, 16, 3, 0}, b{GemmPath::sorted, 16, 1, 0}, c{GemmPath::sorted, 32, 0, 0},
       d{GemmPath::sorted, 64, 2, 1}, e{GemmPath::decode, 0, 1, 2}, gone{GemmPath::sorted, 128, 9, 9};
   const std::vector<KernelChoice> candidates = {a, b, c, d, e};
   const std::vector<KernelChoice> swept = {c, a, d, b, e};  // fastest first
   using V = std::vector<KernelChoice>;
-  EXPECT_EQ(final_round_choices(swept, 3, b, &e, candidates), (V{c, a, d, b, e}));
-  EXPECT_EQ(final_round_choices(swept, 3, a, &d, candidates), (V{c, a, d})) << "each choice once";
-  EXPECT_EQ(final_round_choices(swept, 3, b, nullptr, candidates), (V{c, a, d, b})) << "no table";
-  EXPECT_EQ(final_round_choices(swept, 3, b, &gone, candidates), (V{c, a, d, b})) << "a choice the bundle lacks";
-  EXPECT_EQ(final_round_choices({c}, 3, b, &e, candidates), (V{c, b, e})) << "fewer swept than leaders";
+  EXPECT_EQ(final_round_choices(swept, 3, b, &d, candidates), (V{c, a, d, e, b})) << "decode, the leaders' lack";
+  EXPECT_EQ(final_round_choices(swept, 3, a, &d, candidates), (V{c, a, d, e})) << "each choice once";
+  EXPECT_EQ(final_round_choices(swept, 3, b, nullptr, candidates), (V{c, a, d, e, b})) << "no table";
+  EXPECT_EQ(final_round_choices(swept, 3, b, &gone, candidates), (V{c, a, d, e, b})) << "a choice the bundle lacks";
+  EXPECT_EQ(final_round_choices({c, a}, 3, b, &e, candidates), (V{c, a, b, e})) << "fewer swept than leaders";
+  EXPECT_EQ(final_round_choices({e, c, a, d}, 1, b, nullptr, candidates), (V{e, c, b})) << "the fastest sorted";
 }
 
 TEST(TuningTableTest, DamagedTablesAreRejectedNamingTheProblem) {

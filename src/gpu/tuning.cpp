@@ -67,6 +67,10 @@ std::vector<KernelChoice> final_round_choices(const std::vector<KernelChoice>& s
     if (std::find(finalists.begin(), finalists.end(), c) == finalists.end()) finalists.push_back(c);
   };
   for (size_t i = 0; i < std::min(leaders, swept.size()); ++i) add(swept[i]);
+  for (GemmPath path : {GemmPath::decode, GemmPath::sorted}) {
+    const auto fastest = std::find_if(swept.begin(), swept.end(), [&](const KernelChoice& c) { return c.path == path; });
+    if (fastest != swept.end()) add(*fastest);
+  }
   add(heuristic);
   if (previous && std::find(candidates.begin(), candidates.end(), *previous) != candidates.end()) add(*previous);
   return finalists;

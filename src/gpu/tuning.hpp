@@ -84,7 +84,9 @@ Status tuning_table_for(const std::string& device_name, const std::string& targe
 Status merge_tuning_table(std::string_view existing, const std::string& origin, nlohmann::json* fresh);
 
 // `tmoe tune`'s final rounds: the choices timed again after the sweep. The sweep's
-// `leaders` fastest (`swept` in increasing time), then the heuristic's choice, then
+// `leaders` fastest (`swept` in increasing time), the fastest of each path (the
+// routing draws of the final rounds can rank decode and sorted the other way, where
+// the sweep's one draw left a path out of the leaders), the heuristic's choice, then
 // `previous` (the updated table's choice for this T; null when none) where
 // `candidates` still holds it, each once. A re-tune then replaces the previous
 // choice only by beating it in the same rounds.
