@@ -873,6 +873,10 @@ TEST_P(GpuForwardFakeTest, VariantsFollowDtypesAlignmentAndShapes) {
       {{"e200", 300, 200, 4, 64, 32, 0},
        "route/f32_e256 align_count/c256_e256 align_scatter/c256_e256 " + routed("bf16", 16) +
            " combine/bf16_div16"},
+      // E = 1000: the largest bucket.
+      {{"e1000", 64, 1000, 2, 32, 16, 0},
+       "route/f32_e1024 align_count/c256_e1024 align_scatter/c256_e1024 " + routed("bf16", 16) +
+           " combine/bf16_div16"},
       // 500 rows per expert: BLOCK_M 128; the dense rule's m128 from T = 2000 would run
       // 16 programs, under half the multiprocessors: m64.
       {{"prefill", 2000, 8, 2, 64, 32, 16},
@@ -1039,6 +1043,15 @@ TEST_P(GpuForwardFakeTest, TunedBlockM32RunsItsHintedTile) {
   ASSERT_EQ(forward(l), TMOE_SUCCESS) << tmoe_last_error();
   check_launches(l, expected);
   std::remove(table.c_str());
+}
+
+TEST_P(GpuForwardFakeTest, MoreExpertsThanTheLargestBucketAreUnsupported) {
+  OPEN_CONTEXT_OR_RETURN();
+  Layer l = make_layer({"e1025", 4, 1025, 2, 32, 16, 0});
+  EXPECT_EQ(forward(l), TMOE_ERROR_UNSUPPORTED);
+  const std::string message = tmoe_last_error();
+  EXPECT_NE(message.find("w13: the GPU kernels serve E <= 1024 experts, got 1025"), std::string::npos) << message;
+  EXPECT_EQ(fake().stats().launches, 0) << recorded_functions();
 }
 
 TEST_P(GpuForwardFakeTest, F32IsUnsupported) {

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <limits>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -131,7 +132,7 @@ class GpuBackend final : public gpu::TunableBackend {
   GpuBackend(std::shared_ptr<gpu::Device> device, const gpu::Bundle& bundle, std::string target,
              std::shared_ptr<const gpu::TuningTable> table)
       : device_(std::move(device)), bundle_(bundle), target_(std::move(target)), table_(std::move(table)),
-        launcher_(device_, bundle) {}
+        expert_buckets_(expert_buckets(bundle_, target_)), launcher_(device_, bundle) {}
 
   const char* name() const override { return "gpu"; }
   std::string device_name() const override { return device_->name() + " (" + target_ + ")"; }
@@ -225,6 +226,13 @@ class GpuBackend final : public gpu::TunableBackend {
     }
     return plan.choice.path == gpu::GemmPath::decode ? enqueue_decode(p, plan, ws, exec.stream)
                                                      : enqueue_sorted(p, plan, ws, exec.stream);
+  }
+
+  // The BLOCK_E values (tools/aot/variants.py EXPERT_BUCKETS) of the target's route variants, increasing.
+  static std::vector<int64_t> expert_buckets(const gpu::Bundle& bundle, const std::string& target) {
+    std::set<int64_t> buckets;
+    for (const KernelEntry* e : bundle.find("route", target)) buckets.insert(e->constexpr_or("BLOCK_E", 0));
+    return {buckets.begin(), buckets.end()};
   }
 
   Status select(const std::string& kernel, const std::string& variant, const KernelEntry** entry) const {
@@ -326,15 +334,20 @@ class GpuBackend final : public gpu::TunableBackend {
       return Status::unsupported(std::string("x: the GPU backend runs bf16 and f16 activations and weights, got ") +
                                  tmoe_dtype_name(p.dtype) + " (f32 runs on the CPU backend)");
     }
-    if (p.E > 1024) return Status::unsupported("w13: the GPU kernels serve E <= 1024 experts, got " + std::to_string(p.E));
+    // BLOCK_E of the route and align variants: the smallest that holds E, since their
+    // reductions and histograms span all BLOCK_E lanes.
+    const auto e_bucket_at = std::lower_bound(expert_buckets_.begin(), expert_buckets_.end(), p.E);
+    if (e_bucket_at == expert_buckets_.end()) {
+      return Status::unsupported("w13: the GPU kernels serve E <= " +
+                                 std::to_string(expert_buckets_.empty() ? 0 : expert_buckets_.back()) +
+                                 " experts, got " + std::to_string(p.E));
+    }
+    const int64_t e_bucket = *e_bucket_at;
     const Hints hints = hints_of(p);
     Plan& q = *plan;
     q.choice = forced ? *forced : choose(p, hints);
     q.S = p.T * p.k;
     q.R = p.k + (p.has_shared_expert() ? 1 : 0);
-    // BLOCK_E of the route and align variants (tools/aot/variants.py EXPERT_BUCKETS): the
-    // smallest that holds E, since their reductions and histograms span all BLOCK_E lanes.
-    const int64_t e_bucket = p.E <= 64 ? 64 : p.E <= 128 ? 128 : p.E <= 256 ? 256 : 1024;
     if (p.routed_from_logits()) {
       const std::string route = std::string(dtype_key(p.logits_dtype)) + "_e" + std::to_string(e_bucket);
       TMOE_RETURN_IF_ERROR(select("route", route, &q.route.entry));
@@ -666,6 +679,7 @@ class GpuBackend final : public gpu::TunableBackend {
   const gpu::Bundle& bundle_;
   std::string target_;
   std::shared_ptr<const gpu::TuningTable> table_;  // null: the heuristic serves every shape
+  std::vector<int64_t> expert_buckets_;            // the route variants' BLOCK_E, increasing
   gpu::Launcher launcher_;
   gpu::DeviceBuffer workspace_;
 };
