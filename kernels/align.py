@@ -14,6 +14,8 @@ No atomics: the output is a function of the ids alone.
 import triton
 import triton.language as tl
 
+from kernels.dependent_launch import wait_for_previous_kernel
+
 
 @triton.jit
 def chunk_ids(topk_ids, chunk, num_slots, CHUNK: tl.constexpr):
@@ -26,7 +28,8 @@ def chunk_ids(topk_ids, chunk, num_slots, CHUNK: tl.constexpr):
 
 @triton.jit
 def align_count(topk_ids, chunk_counts, sorted_slots, num_slots, E, capacity, CHUNK: tl.constexpr,
-                BLOCK_E: tl.constexpr):
+                BLOCK_E: tl.constexpr, PDL: tl.constexpr):
+    wait_for_previous_kernel(PDL)
     chunk = tl.program_id(0)
     lanes, is_slot, experts = chunk_ids(topk_ids, chunk, num_slots, CHUNK)
     if chunk < tl.cdiv(num_slots, CHUNK):
@@ -40,7 +43,9 @@ def align_count(topk_ids, chunk_counts, sorted_slots, num_slots, E, capacity, CH
 
 @triton.jit
 def align_scatter(topk_ids, chunk_counts, expert_counts, expert_offsets, sorted_slots, block_expert, num_slots, E,
-                  block_m, capacity, CHUNK: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_B: tl.constexpr):
+                  block_m, capacity, CHUNK: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_B: tl.constexpr,
+                  PDL: tl.constexpr):
+    wait_for_previous_kernel(PDL)
     chunk = tl.program_id(0)
     num_chunks = tl.cdiv(num_slots, CHUNK)
     bins = tl.arange(0, BLOCK_E)

@@ -25,6 +25,8 @@ Many narrow programs keep every SM streaming even when only a few experts are ac
 import triton
 import triton.language as tl
 
+from kernels.dependent_launch import wait_for_previous_kernel
+
 
 VECTOR_ROWS = tl.constexpr(16)  # the smallest M of a tensor-core tile
 
@@ -55,7 +57,8 @@ def rows_dot_vector(w_rows, v, K, row_ok, BLOCK_N: tl.constexpr, BLOCK_K: tl.con
 
 @triton.jit
 def decode_gate_up_swiglu(x, w13, h, topk_ids, top_k, H, I, ROUTED: tl.constexpr, BLOCK_N: tl.constexpr,
-                          BLOCK_K: tl.constexpr):
+                          BLOCK_K: tl.constexpr, PDL: tl.constexpr):
+    wait_for_previous_kernel(PDL)
     pid = tl.program_id(0)
     col_blocks = tl.cdiv(I, BLOCK_N)
     slot = pid // col_blocks
@@ -85,7 +88,8 @@ def decode_gate_up_swiglu(x, w13, h, topk_ids, top_k, H, I, ROUTED: tl.constexpr
 @triton.jit
 def decode_down_combine(h, w2, out, topk_ids, topk_weights, h_shared, shared_w2, top_k, H, I, shared_I,
                         HAS_SHARED: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                        EXPERTS_PER_PASS: tl.constexpr):
+                        EXPERTS_PER_PASS: tl.constexpr, PDL: tl.constexpr):
+    wait_for_previous_kernel(PDL)
     pid = tl.program_id(0)
     col_blocks = tl.cdiv(H, BLOCK_N)
     token = (pid // col_blocks).to(tl.int64)

@@ -11,13 +11,16 @@ so with one row per token and no shared expert, down writes out itself.
 import triton
 import triton.language as tl
 
+from kernels.dependent_launch import wait_for_previous_kernel
 from kernels.grouped_gemm import fits_half, grouped_tile, tile_coords, tile_expert, tile_slots
 
 
 @triton.jit
 def down(h, w2, y, sorted_slots, block_expert, topk_weights, num_slots, top_k, H, I, E, num_m_blocks, y_rows_per_token,
          y_first_row, ROUTED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-         GROUP_M: tl.constexpr, TMA: tl.constexpr, PERSISTENT: tl.constexpr, HALF_TAIL: tl.constexpr):
+         GROUP_M: tl.constexpr, TMA: tl.constexpr, PERSISTENT: tl.constexpr, HALF_TAIL: tl.constexpr,
+         PDL: tl.constexpr):
+    wait_for_previous_kernel(PDL)
     if PERSISTENT:
         persistent_tiles(h, w2, y, sorted_slots, block_expert, topk_weights, num_slots, top_k, H, I, E, num_m_blocks,
                          y_rows_per_token, y_first_row, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, HALF_TAIL)
@@ -120,7 +123,8 @@ def store_rows(y, acc, topk_weights, slots, has_slot, cols, col_ok, top_k, H, y_
 
 
 @triton.jit
-def combine(y, out, H, rows_per_token, BLOCK_H: tl.constexpr):
+def combine(y, out, H, rows_per_token, BLOCK_H: tl.constexpr, PDL: tl.constexpr):
+    wait_for_previous_kernel(PDL)
     pid = tl.program_id(0)
     col_blocks = tl.cdiv(H, BLOCK_H)
     token = (pid // col_blocks).to(tl.int64)

@@ -10,6 +10,7 @@ h is indexed by padded position (its rows line up with the down GEMM's blocks).
 import triton
 import triton.language as tl
 
+from kernels.dependent_launch import wait_for_previous_kernel
 from kernels.grouped_gemm import fits_half, grouped_tile, tile_coords, tile_expert, tile_slots
 
 
@@ -17,7 +18,8 @@ from kernels.grouped_gemm import fits_half, grouped_tile, tile_coords, tile_expe
 def gate_up_swiglu(x, w13, h, sorted_slots, block_expert, num_slots, top_k, H, I, E, num_m_blocks,
                    ROUTED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                    JOINED: tl.constexpr, GROUP_M: tl.constexpr, TMA: tl.constexpr, PERSISTENT: tl.constexpr,
-                   HALF_TAIL: tl.constexpr):
+                   HALF_TAIL: tl.constexpr, PDL: tl.constexpr):
+    wait_for_previous_kernel(PDL)
     if PERSISTENT:
         persistent_tiles(x, w13, h, sorted_slots, block_expert, num_slots, top_k, H, I, E, num_m_blocks, BLOCK_M,
                          BLOCK_N, BLOCK_K, GROUP_M, HALF_TAIL)

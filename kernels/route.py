@@ -7,6 +7,8 @@ descending order of their selection score.
 import triton
 import triton.language as tl
 
+from kernels.dependent_launch import wait_for_previous_kernel
+
 # Numbered as tmoe_routing_mode in include/tmoe/tmoe.h.
 SOFTMAX_TOPK = tl.constexpr(0)
 TOPK_SOFTMAX = tl.constexpr(1)
@@ -46,7 +48,8 @@ def kept_groups(selection, valid, lanes, E, n_group, topk_group, BLOCK_E: tl.con
 
 @triton.jit
 def route(logits, correction_bias, topk_ids, topk_weights, E, top_k, mode, renormalize, n_group, topk_group,
-          routed_scaling_factor, has_correction_bias, BLOCK_E: tl.constexpr):
+          routed_scaling_factor, has_correction_bias, BLOCK_E: tl.constexpr, PDL: tl.constexpr):
+    wait_for_previous_kernel(PDL)
     token = tl.program_id(0).to(tl.int64)
     lanes = tl.arange(0, BLOCK_E)
     valid = lanes < E

@@ -583,6 +583,7 @@ class GpuForwardFakeTest : public ::testing::TestWithParam<Api> {
       EXPECT_EQ(got.block[2], 1u);
       EXPECT_EQ(got.shared, e.shared);
       EXPECT_EQ(got.stream, stream_.handle());
+      EXPECT_EQ(got.programmatic_dependent, e.constexpr_or("PDL", 0)) << "launched as its variant waits";
       ASSERT_EQ(got.arg_count, static_cast<int>(e.params.size()));
       size_t visible = 0;
       for (size_t j = 0; j < e.params.size(); ++j) {
@@ -1043,6 +1044,24 @@ TEST_P(GpuForwardFakeTest, TunedBlockM32RunsItsHintedTile) {
   ASSERT_EQ(forward(l), TMOE_SUCCESS) << tmoe_last_error();
   check_launches(l, expected);
   std::remove(table.c_str());
+}
+
+// On cuda:90 every kernel of the layer waits for the one before it itself
+// (kernels/dependent_launch.py), so each is launched as a programmatic dependent;
+// HIP has no such launch.
+TEST_P(GpuForwardFakeTest, HopperLaunchesEveryLayerKernelAsAProgrammaticDependent) {
+  OPEN_CONTEXT_OR_RETURN();
+  for (const Case& c : {kMain, Case{"decode", 1, 8, 2, 256, 128, 64}}) {
+    SCOPED_TRACE(c.name);
+    restart_log();
+    Layer l = make_layer(c);
+    ASSERT_EQ(forward(l), TMOE_SUCCESS) << tmoe_last_error();
+    ASSERT_GT(fake().stats().launches, 0);
+    for (int i = 0; i < fake().stats().launches; ++i) {
+      const fake_gpu_launch got = fake().launch(i);
+      EXPECT_EQ(got.programmatic_dependent, cuda() ? 1 : 0) << got.function;
+    }
+  }
 }
 
 TEST_P(GpuForwardFakeTest, MoreExpertsThanTheLargestBucketAreUnsupported) {

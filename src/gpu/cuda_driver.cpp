@@ -2,6 +2,7 @@
 // values used are declared here (values from cuda.h) so the build needs no
 // CUDA headers. Symbols are looked up under the names cuda.h maps the API to
 // (cuMemAlloc -> cuMemAlloc_v2, ...), since those are what libcuda exports.
+#include <cstddef>
 #include <memory>
 #include <string>
 
@@ -27,6 +28,28 @@ constexpr int CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8;
 constexpr unsigned CU_STREAM_NON_BLOCKING = 1;
 constexpr unsigned CU_EVENT_DEFAULT = 0;
 constexpr int CU_STREAM_CAPTURE_MODE_THREAD_LOCAL = 1;
+constexpr int CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION = 6;
+
+// cuda.h's CUlaunchAttribute (an id, then a 64-byte value union at offset 8) and
+// CUlaunchConfig, for cuLaunchKernelEx.
+struct CUlaunchAttribute {
+  int id;
+  char pad[4];
+  union {
+    char bytes[64];
+    int programmatic_stream_serialization_allowed;
+  } value;
+};
+struct CUlaunchConfig {
+  unsigned grid_x, grid_y, grid_z, block_x, block_y, block_z, shared_bytes;
+  void* stream;
+  CUlaunchAttribute* attrs;
+  unsigned num_attrs;
+};
+static_assert(sizeof(CUlaunchAttribute) == 72 && offsetof(CUlaunchAttribute, value) == 8, "cuda.h's layout");
+static_assert(sizeof(CUlaunchConfig) == 56 && offsetof(CUlaunchConfig, stream) == 32 &&
+                  offsetof(CUlaunchConfig, num_attrs) == 48,
+              "cuda.h's layout");
 
 struct CudaFunctions {
   CUresult (*cuInit)(unsigned);
@@ -46,6 +69,7 @@ struct CudaFunctions {
   CUresult (*cuFuncSetAttribute)(void*, int, int);
   CUresult (*cuLaunchKernel)(void*, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, void*,
                              void**, void**);
+  CUresult (*cuLaunchKernelEx)(const CUlaunchConfig*, void*, void**, void**);
   CUresult (*cuMemAlloc)(CUdeviceptr*, size_t);
   CUresult (*cuMemFree)(CUdeviceptr);
   CUresult (*cuMemsetD8Async)(CUdeviceptr, unsigned char, size_t, void*);
@@ -86,6 +110,7 @@ Status load_functions(const SharedLibrary& lib, CudaFunctions* f) {
   TMOE_RETURN_IF_ERROR(lib.symbol(&f->cuModuleUnload, "cuModuleUnload"));
   TMOE_RETURN_IF_ERROR(lib.symbol(&f->cuFuncSetAttribute, "cuFuncSetAttribute"));
   TMOE_RETURN_IF_ERROR(lib.symbol(&f->cuLaunchKernel, "cuLaunchKernel"));
+  TMOE_RETURN_IF_ERROR(lib.symbol(&f->cuLaunchKernelEx, "cuLaunchKernelEx"));
   TMOE_RETURN_IF_ERROR(lib.symbol(&f->cuMemAlloc, "cuMemAlloc_v2"));
   TMOE_RETURN_IF_ERROR(lib.symbol(&f->cuMemFree, "cuMemFree_v2"));
   TMOE_RETURN_IF_ERROR(lib.symbol(&f->cuMemsetD8Async, "cuMemsetD8Async"));
@@ -187,7 +212,14 @@ class CudaDriver final : public Driver {
   }
 
   Status launch(FunctionHandle function, Dim3 grid, Dim3 block, uint32_t shared_bytes, StreamHandle stream,
-                void** params) override {
+                void** params, bool programmatic_dependent) override {
+    if (programmatic_dependent) {
+      CUlaunchAttribute attribute{};
+      attribute.id = CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+      attribute.value.programmatic_stream_serialization_allowed = 1;
+      const CUlaunchConfig config{grid.x, grid.y, grid.z, block.x, block.y, block.z, shared_bytes, stream, &attribute, 1};
+      return check(f_.cuLaunchKernelEx(&config, function, params, nullptr), "cuLaunchKernelEx");
+    }
     return check(f_.cuLaunchKernel(function, grid.x, grid.y, grid.z, block.x, block.y, block.z, shared_bytes,
                                    stream, params, nullptr),
                  "cuLaunchKernel");

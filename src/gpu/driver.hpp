@@ -76,8 +76,12 @@ class Driver {
   // Dynamic shared memory above 48 KiB needs this opt-in before launch.
   virtual Status set_max_dynamic_shared(FunctionHandle function, int bytes) = 0;
   // `params` points to one pointer per kernel parameter, each to its value.
+  // `programmatic_dependent`: the kernel may start while the kernel before it on the
+  // stream still runs (CUDA's programmatic stream serialization; a kernel launched so
+  // waits for its predecessor itself, kernels/dependent_launch.py). HIP has no such
+  // launch: unsupported there.
   virtual Status launch(FunctionHandle function, Dim3 grid, Dim3 block, uint32_t shared_bytes,
-                        StreamHandle stream, void** params) = 0;
+                        StreamHandle stream, void** params, bool programmatic_dependent) = 0;
 
   virtual Status allocate(size_t bytes, DevicePtr* ptr) = 0;
   virtual Status release(DevicePtr ptr) = 0;

@@ -189,7 +189,8 @@ class HipDriver final : public Driver {
   }
 
   Status launch(FunctionHandle function, Dim3 grid, Dim3 block, uint32_t shared_bytes, StreamHandle stream,
-                void** params) override {
+                void** params, bool programmatic_dependent) override {
+    if (programmatic_dependent) return Status::unsupported("HIP has no programmatic dependent launch");
     return check(f_.hipModuleLaunchKernel(function, grid.x, grid.y, grid.z, block.x, block.y, block.z,
                                           shared_bytes, stream, params, nullptr),
                  "hipModuleLaunchKernel");

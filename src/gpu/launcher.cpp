@@ -293,8 +293,10 @@ Status Launcher::launch(const KernelEntry& entry, Dim3 grid, const ArgMap& args,
   if (log_enabled()) std::fprintf(stderr, "tmoe: launch %s\n", config.describe().c_str());
   ScopedCurrent current;
   TMOE_RETURN_IF_ERROR(device().make_current(&current));
+  // A variant compiled with PDL waits for the kernel before it itself (kernels/dependent_launch.py).
+  const bool programmatic_dependent = entry.constexpr_or("PDL", 0) != 0;
   Status launched = device().driver().launch(module->function(), config.grid, config.block, config.shared_bytes,
-                                             stream, params.data());
+                                             stream, params.data(), programmatic_dependent);
   if (!launched.is_ok()) return Status(launched.code(), launched.message() + " [" + config.describe() + "]");
   return Status::ok();
 }

@@ -28,6 +28,7 @@ typedef struct fake_gpu_launch {
   int arg_count; /* as many as fake_gpu_set_arg_sizes announced */
   uint64_t args[FAKE_GPU_MAX_ARGS]; /* each zero-extended from its size */
   const void* image; /* the image the function's module was loaded from */
+  int programmatic_dependent; /* cuLaunchKernelEx with programmatic stream serialization */
 } fake_gpu_launch;
 
 typedef struct fake_gpu_stats {

@@ -149,6 +149,32 @@ FAKE_EXPORT CUresult cuLaunchKernel(void* function, unsigned gx, unsigned gy, un
   return fake::launch(function, grid, block, shared, stream, params, extra);
 }
 
+// cuda.h's CUlaunchConfig and CUlaunchAttribute: the only attribute accepted is
+// programmatic stream serialization (id 6), allowed (1).
+struct LaunchAttribute {
+  int id;
+  char pad[4];
+  union {
+    char bytes[64];
+    int allowed;
+  } value;
+};
+struct LaunchConfig {
+  unsigned grid[3], block[3], shared;
+  void* stream;
+  LaunchAttribute* attrs;
+  unsigned num_attrs;
+};
+
+FAKE_EXPORT CUresult cuLaunchKernelEx(const LaunchConfig* config, void* function, void** params, void** extra) {
+  if (CUresult r = needs_context()) return r;
+  if (config == nullptr || config->num_attrs != 1 || config->attrs == nullptr || config->attrs[0].id != 6 ||
+      config->attrs[0].value.allowed != 1) {
+    return fake::kInvalidValue;
+  }
+  return fake::launch(function, config->grid, config->block, config->shared, config->stream, params, extra, true);
+}
+
 FAKE_EXPORT CUresult cuMemAlloc_v2(CUdeviceptr* ptr, size_t bytes) {
   if (CUresult r = needs_context()) return r;
   void* p = nullptr;

@@ -163,7 +163,7 @@ int set_max_dynamic_shared(void* function, int bytes) {
 }
 
 int launch(void* function, const unsigned grid[3], const unsigned block[3], unsigned shared, void* stream,
-           void** params, void** extra) {
+           void** params, void** extra, bool programmatic_dependent) {
   State& s = state();
   std::lock_guard<std::mutex> lock(s.mutex);
   auto* f = static_cast<Function*>(function);
@@ -182,6 +182,7 @@ int launch(void* function, const unsigned grid[3], const unsigned block[3], unsi
   record.shared = shared;
   record.stream = stream;
   record.image = f->module->image.data();
+  record.programmatic_dependent = programmatic_dependent ? 1 : 0;
   record.arg_count = static_cast<int>(sizes.size());
   for (size_t i = 0; i < sizes.size(); ++i) std::memcpy(&record.args[i], params[i], sizes[i]);
   auto* capturing = static_cast<Stream*>(stream);

@@ -35,7 +35,7 @@ int get_function(void* module, const char* name, void** function);
 int unload_module(void* module);
 int set_max_dynamic_shared(void* function, int bytes);
 int launch(void* function, const unsigned grid[3], const unsigned block[3], unsigned shared, void* stream,
-           void** params, void** extra);
+           void** params, void** extra, bool programmatic_dependent = false);
 
 int allocate(size_t bytes, void** ptr);
 int release(void* ptr);

@@ -43,6 +43,10 @@ GROUP16 = dict(GROUP_M=16)
 # The weights (and down's h) through device-side tensor descriptors: TMA on Hopper;
 # Triton rewrites them to pointer loads on other targets.
 TMA = dict(TMA=True)
+# The layer's kernels carry PDL (kernels/dependent_launch.py), on for the targets here,
+# whose host launches them as programmatic dependents of the kernel before them.
+LAYER_KERNEL = dict(PDL=False)
+DEPENDENT_LAUNCH_TARGETS = ("cuda:90",)
 # Persistent tiles only: a block whose slots fit in its first BLOCK_M / 2 rows (an
 # expert's last, mostly padding) multiplies only those (kernels/grouped_gemm.fits_half).
 HALF_TAIL = dict(HALF_TAIL=True)
@@ -118,8 +122,8 @@ DOWN_TILES = {
           {"cuda": (128, 64, 8, 3, persistent(2) | HALF_TAIL), "hip": (128, 64, 8, 2, persistent(2) | HALF_TAIL)}),
 }
 # The constexprs a grouped GEMM tile sets unless it says otherwise.
-GATE_UP_DEFAULTS = dict(GROUP8, JOINED=False, TMA=False, PERSISTENT=0, HALF_TAIL=False)
-DOWN_DEFAULTS = dict(GROUP8, TMA=False, PERSISTENT=0, HALF_TAIL=False)
+GATE_UP_DEFAULTS = dict(LAYER_KERNEL, **GROUP8, JOINED=False, TMA=False, PERSISTENT=0, HALF_TAIL=False)
+DOWN_DEFAULTS = dict(LAYER_KERNEL, **GROUP8, TMA=False, PERSISTENT=0, HALF_TAIL=False)
 FALLBACK_BLOCK_M = 32
 FALLBACK_TILE = {"cuda": (64, 64, 4, 3), "hip": (64, 64, 4, 2)}
 
@@ -173,7 +177,7 @@ def route_variants():
                          routed_scaling_factor="fp32", has_correction_bias="i32")
             # One warp: every reduction of the per-token top-k stays inside it.
             yield Variant("route", "route", f"{logits}_e{block_e}", logits, types,
-                          same_on_all_backends(dict(BLOCK_E=block_e), 1, 1))
+                          same_on_all_backends(dict(LAYER_KERNEL, BLOCK_E=block_e), 1, 1))
 
 
 def align_variants():
@@ -187,10 +191,11 @@ def align_variants():
             warps = 4 if chunk <= 256 else 8
             name = f"c{chunk}_e{block_e}"
             yield Variant("align_count", "align", name, "i32", count_types,
-                          same_on_all_backends(dict(CHUNK=chunk, BLOCK_E=block_e), warps, 1))
+                          same_on_all_backends(dict(LAYER_KERNEL, CHUNK=chunk, BLOCK_E=block_e), warps, 1))
             # BLOCK_B block_expert entries per step keep the [BLOCK_B, BLOCK_E] comparison at 4096 lanes.
             yield Variant("align_scatter", "align", name, "i32", scatter_types,
-                          same_on_all_backends(dict(CHUNK=chunk, BLOCK_E=block_e, BLOCK_B=4096 // block_e), warps, 1))
+                          same_on_all_backends(dict(LAYER_KERNEL, CHUNK=chunk, BLOCK_E=block_e,
+                                                    BLOCK_B=4096 // block_e), warps, 1))
 
 
 def tile_configs(per_backend, constexprs):
@@ -200,8 +205,12 @@ def tile_configs(per_backend, constexprs):
 
 
 def target_config(configs, target):
-    """The Config a target ("cuda:90") compiles: the target's own where the tile names it, else its backend's."""
-    return configs.get(target, configs[target.split(":")[0]])
+    """The Config a target ("cuda:90") compiles: the target's own where the tile names it, else its backend's;
+    a layer kernel's PDL on where the target launches it as a programmatic dependent."""
+    config = configs.get(target, configs[target.split(":")[0]])
+    if "PDL" in config.constexprs and target in DEPENDENT_LAUNCH_TARGETS:
+        return Config(dict(config.constexprs, PDL=True), config.num_warps, config.num_stages)
+    return config
 
 
 def gemm_variants(kernel, module, prefix, dtype, types, routed, tiles, defaults):
@@ -252,7 +261,7 @@ def down_variants():
 def combine_variants():
     for dtype in ACTIVATION_DTYPES:
         types = dict(y=pointer(dtype), out=pointer(dtype), H="i32", rows_per_token="i32")
-        configs = same_on_all_backends(dict(BLOCK_H=COMBINE_BLOCK_H), 4, 1)
+        configs = same_on_all_backends(dict(LAYER_KERNEL, BLOCK_H=COMBINE_BLOCK_H), 4, 1)
         yield Variant("combine", "down_combine", f"{dtype}_div16", dtype, types, configs, ("y", "out", "H"))
         yield Variant("combine", "down_combine", f"{dtype}_any", dtype, types, configs)
 
@@ -265,13 +274,13 @@ def decode_variants():
         for mode, routed in (("routed", True), ("dense", False)):
             for index, per_backend in enumerate(DECODE_GATE_UP_TILES):
                 yield Variant("decode_gate_up_swiglu", "decode", f"{dtype}_{mode}_t{index}", dtype, types,
-                              tile_configs(per_backend, dict(ROUTED=routed)), ("x", "w13", "h", "H", "I"))
+                              tile_configs(per_backend, dict(LAYER_KERNEL, ROUTED=routed)), ("x", "w13", "h", "H", "I"))
         types = dict(h=a, w2=a, out=a, topk_ids="*i32", topk_weights="*fp32", h_shared=a, shared_w2=a, top_k="i32",
                      H="i32", I="i32", shared_I="i32")
         for mode, shared in (("routed", False), ("shared", True)):
             for index, per_backend in enumerate(DECODE_DOWN_TILES):
                 yield Variant("decode_down_combine", "decode", f"{dtype}_{mode}_t{index}", dtype, types,
-                              tile_configs(per_backend, dict(HAS_SHARED=shared)),
+                              tile_configs(per_backend, dict(LAYER_KERNEL, HAS_SHARED=shared)),
                               ("h", "w2", "out", "h_shared", "shared_w2", "H", "I", "shared_I"))
 
 

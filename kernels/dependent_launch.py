@@ -1,0 +1,16 @@
+"""Programmatic dependent launch (Hopper): the host launches a kernel whose variant sets
+PDL with the launch attribute that lets it start while the kernel before it on the
+stream is still running. Such a kernel first lets the kernel after it launch, then
+waits until every write of the kernel before it is visible, before touching memory:
+only the launch latency and the programs' start overlap, so no buffer is read or
+written early (performance-log.md #36)."""
+import triton
+import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+
+
+@triton.jit
+def wait_for_previous_kernel(PDL: tl.constexpr):
+    if PDL:
+        gdc_launch_dependents()
+        gdc_wait()
