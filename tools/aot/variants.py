@@ -44,7 +44,8 @@ GROUP16 = dict(GROUP_M=16)
 # Triton rewrites them to pointer loads on other targets.
 TMA = dict(TMA=True)
 # The layer's kernels carry PDL (kernels/dependent_launch.py), on for the targets here,
-# whose host launches them as programmatic dependents of the kernel before them.
+# whose host launches them as programmatic dependents of the kernel before them; off
+# in the persistent tiles (performance-log.md #36).
 LAYER_KERNEL = dict(PDL=False)
 DEPENDENT_LAUNCH_TARGETS = ("cuda:90",)
 # Persistent tiles only: a block whose slots fit in its first BLOCK_M / 2 rows (an
@@ -208,7 +209,7 @@ def target_config(configs, target):
     """The Config a target ("cuda:90") compiles: the target's own where the tile names it, else its backend's;
     a layer kernel's PDL on where the target launches it as a programmatic dependent."""
     config = configs.get(target, configs[target.split(":")[0]])
-    if "PDL" in config.constexprs and target in DEPENDENT_LAUNCH_TARGETS:
+    if "PDL" in config.constexprs and not config.constexprs.get("PERSISTENT") and target in DEPENDENT_LAUNCH_TARGETS:
         return Config(dict(config.constexprs, PDL=True), config.num_warps, config.num_stages)
     return config
 
