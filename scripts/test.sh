@@ -17,6 +17,6 @@ TMOE_LIBRARY="$here/build" python3 -m pytest "$here/python/tests/test_binding_cp
 
 # Sanitizers: the same suites without the kernel bundle (nothing in it runs on a CPU).
 cmake -S "$here" -B "$here/build-sanitize" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTMOE_SANITIZE=ON -DTMOE_BUILD_KERNELS=OFF
-cmake --build "$here/build-sanitize" -j"$jobs" --target tmoe_tests tmoe_abi_tests
+cmake --build "$here/build-sanitize" -j"$jobs" --target tmoe_tests tmoe_abi_tests tmoe_cli
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   ctest --test-dir "$here/build-sanitize" --output-on-failure -j"$jobs"
