@@ -26,6 +26,7 @@ import triton
 import triton.language as tl
 
 from kernels.dependent_launch import wait_for_previous_kernel
+from kernels.row_tiles import row_and_columns
 
 
 VECTOR_ROWS = tl.constexpr(16)  # the smallest M of a tensor-core tile
@@ -59,11 +60,7 @@ def rows_dot_vector(w_rows, v, K, row_ok, BLOCK_N: tl.constexpr, BLOCK_K: tl.con
 def decode_gate_up_swiglu(x, w13, h, topk_ids, top_k, H, I, ROUTED: tl.constexpr, BLOCK_N: tl.constexpr,
                           BLOCK_K: tl.constexpr, PDL: tl.constexpr):
     wait_for_previous_kernel(PDL)
-    pid = tl.program_id(0)
-    col_blocks = tl.cdiv(I, BLOCK_N)
-    slot = pid // col_blocks
-    cols = (pid % col_blocks) * BLOCK_N + tl.arange(0, BLOCK_N)
-    col_ok = cols < I
+    slot, cols, col_ok = row_and_columns(I, BLOCK_N)
     if ROUTED:
         expert = tl.load(topk_ids + slot).to(tl.int64)
         token = (slot // top_k).to(tl.int64)
@@ -90,11 +87,8 @@ def decode_down_combine(h, w2, out, topk_ids, topk_weights, h_shared, shared_w2,
                         HAS_SHARED: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                         EXPERTS_PER_PASS: tl.constexpr, PDL: tl.constexpr):
     wait_for_previous_kernel(PDL)
-    pid = tl.program_id(0)
-    col_blocks = tl.cdiv(H, BLOCK_N)
-    token = (pid // col_blocks).to(tl.int64)
-    cols = (pid % col_blocks) * BLOCK_N + tl.arange(0, BLOCK_N)
-    col_ok = cols < H
+    token, cols, col_ok = row_and_columns(H, BLOCK_N)
+    token = token.to(tl.int64)
     ks = tl.arange(0, BLOCK_K)
     row0 = tl.arange(0, VECTOR_ROWS) == 0
     lanes = tl.arange(0, EXPERTS_PER_PASS)

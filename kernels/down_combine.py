@@ -13,6 +13,7 @@ import triton.language as tl
 
 from kernels.dependent_launch import wait_for_previous_kernel
 from kernels.grouped_gemm import fits_half, grouped_tile, tile_coords, tile_expert, tile_slots
+from kernels.row_tiles import row_and_columns
 
 
 @triton.jit
@@ -125,11 +126,8 @@ def store_rows(y, acc, topk_weights, slots, has_slot, cols, col_ok, top_k, H, y_
 @triton.jit
 def combine(y, out, H, rows_per_token, BLOCK_H: tl.constexpr, PDL: tl.constexpr):
     wait_for_previous_kernel(PDL)
-    pid = tl.program_id(0)
-    col_blocks = tl.cdiv(H, BLOCK_H)
-    token = (pid // col_blocks).to(tl.int64)
-    cols = (pid % col_blocks) * BLOCK_H + tl.arange(0, BLOCK_H)
-    col_ok = cols < H
+    token, cols, col_ok = row_and_columns(H, BLOCK_H)
+    token = token.to(tl.int64)
     acc = tl.zeros([BLOCK_H], tl.float32)
     for j in range(rows_per_token):
         acc += tl.load(y + (token * rows_per_token + j) * H + cols, mask=col_ok, other=0.0)
