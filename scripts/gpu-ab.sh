@@ -24,7 +24,7 @@ for round in $(seq 1 "${ROUNDS:-2}"); do
   for build in $order; do
     bin=.gpu-build
     [ "$build" = a ] && bin=.gpu-build/a
-    for model in ${MODELS:-qwen3-30b-a3b,gpt-oss-120b}; do
+    for model in $(echo "${MODELS:-qwen3-30b-a3b,gpt-oss-120b}" | tr , ' '); do
       "$bin/tmoe" bench --backend gpu --model "$model" --tokens "${TOKENS:-1,16,128,512,2048,8192}" \
         --seed "${SEED:-11}" --check-rows 4 --json "$out/$build-$model-$round.json" >"$out/$build-$model-$round.log" 2>&1 ||
         echo "build $build, $model, round $round: tmoe bench failed (see $out/$build-$model-$round.log)"
