@@ -78,8 +78,9 @@ int run_tune(const TuneOptions& opt) {
   table["dtype"] = "bf16";
   table["timing"] =
       "median of CUDA-graph replays of the whole layer from router logits; the sweep's 3 fastest, the fastest of "
-      "each path, the heuristic and the updated table's choice timed again in 5 alternating rounds on 3 routing "
-      "draws each, the median round's mean over the draws decides";
+      "each path, the heuristic and the updated table's choice, each with and without dependent launch where the "
+      "target offers it, timed again in 5 alternating rounds on 3 routing draws each, the median round's mean over "
+      "the draws decides";
   // An existing table of this device keeps the shapes this run does not tune
   // (checked now, before minutes of sweeping, and merged at every write), and its
   // choice for each T re-tuned runs in the final rounds: a winner must beat it in
@@ -153,7 +154,8 @@ int run_tune(const TuneOptions& opt) {
       for (const auto& timed : sweep) swept.push_back(timed.second);
       const gpu::KernelChoice* table_choice = previous.find({m.E, m.H, m.I, m.k}, T);
       const std::vector<gpu::KernelChoice> finalists =
-          gpu::final_round_choices(swept, kFinalists, heuristic, table_choice, candidates);
+          gpu::final_round_choices(swept, kFinalists, heuristic, table_choice, candidates,
+                                   backend->offers_dependent_launch());
       // The updated table's choice, when it ran in the final rounds.
       const gpu::KernelChoice* before =
           table_choice && std::find(finalists.begin(), finalists.end(), *table_choice) != finalists.end() ? table_choice

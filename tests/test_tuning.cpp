@@ -44,10 +44,13 @@ TEST(TuningTableTest, BucketsServeTheTokensUpToTheirBoundAndTheLastServesMore) {
   EXPECT_EQ(table.find({16, 256, 128, 2}, 1), nullptr);
   EXPECT_EQ(decode.describe(), "decode t1/t2");
   EXPECT_EQ(large.describe(), "sorted m64 t2/t0");
+  EXPECT_FALSE(large.dependent_launch) << "tables tuned before PDL launched without it";
+  EXPECT_EQ((KernelChoice{GemmPath::sorted, 16, 3, 0, true}).describe(), "sorted m16 t3/t0 pdl");
 }
 
 TEST(TuningTableTest, ChoicesRoundTripThroughTheirJson) {
-  for (const KernelChoice& c : {KernelChoice{GemmPath::decode, 0, 1, 2}, KernelChoice{GemmPath::sorted, 128, 2, 1}}) {
+  for (const KernelChoice& c : {KernelChoice{GemmPath::decode, 0, 1, 2}, KernelChoice{GemmPath::sorted, 128, 2, 1},
+                                KernelChoice{GemmPath::decode, 0, 1, 2, true}, KernelChoice{GemmPath::sorted, 16, 3, 0, true}}) {
     nlohmann::json bucket = choice_to_json(c);
     bucket["max_tokens"] = 4;
     const nlohmann::json doc = {{"format", 1}, {"device", "d"}, {"target", "cuda:80"},
@@ -68,12 +71,33 @@ TEST(TuningTableTest, FinalRoundsHoldTheLeadersEachPathTheHeuristicAndTheTablesC
   const std::vector<KernelChoice> candidates = {a, b, c, d, e};
   const std::vector<KernelChoice> swept = {c, a, d, b, e};  // fastest first
   using V = std::vector<KernelChoice>;
-  EXPECT_EQ(final_round_choices(swept, 3, b, &d, candidates), (V{c, a, d, e, b})) << "decode, the leaders' lack";
-  EXPECT_EQ(final_round_choices(swept, 3, a, &d, candidates), (V{c, a, d, e})) << "each choice once";
-  EXPECT_EQ(final_round_choices(swept, 3, b, nullptr, candidates), (V{c, a, d, e, b})) << "no table";
-  EXPECT_EQ(final_round_choices(swept, 3, b, &gone, candidates), (V{c, a, d, e, b})) << "a choice the bundle lacks";
-  EXPECT_EQ(final_round_choices({c, a}, 3, b, &e, candidates), (V{c, a, b, e})) << "fewer swept than leaders";
-  EXPECT_EQ(final_round_choices({e, c, a, d}, 1, b, nullptr, candidates), (V{e, c, b})) << "the fastest sorted";
+  EXPECT_EQ(final_round_choices(swept, 3, b, &d, candidates, false), (V{c, a, d, e, b})) << "decode, the leaders' lack";
+  EXPECT_EQ(final_round_choices(swept, 3, a, &d, candidates, false), (V{c, a, d, e})) << "each choice once";
+  EXPECT_EQ(final_round_choices(swept, 3, b, nullptr, candidates, false), (V{c, a, d, e, b})) << "no table";
+  EXPECT_EQ(final_round_choices(swept, 3, b, &gone, candidates, false), (V{c, a, d, e, b}))
+      << "a choice the bundle lacks";
+  EXPECT_EQ(final_round_choices({c, a}, 3, b, &e, candidates, false), (V{c, a, b, e})) << "fewer swept than leaders";
+  EXPECT_EQ(final_round_choices({e, c, a, d}, 1, b, nullptr, candidates, false), (V{e, c, b})) << "the fastest sorted";
+}
+
+// Where the target offers dependent launch, each finalist also runs with it flipped;
+// the table's choice made with it is kept where its tiles are still candidates.
+TEST(TuningTableTest, FinalRoundsTryEachFinalistWithAndWithoutDependentLaunch) {
+  const KernelChoice a{GemmPath::sorted, 16, 3, 0}, c{GemmPath::sorted, 32, 0, 0}, e{GemmPath::decode, 0, 1, 2};
+  auto dependent = [](KernelChoice k) {
+    k.dependent_launch = true;
+    return k;
+  };
+  const std::vector<KernelChoice> candidates = {a, c, e};
+  using V = std::vector<KernelChoice>;
+  EXPECT_EQ(final_round_choices({c, a, e}, 1, a, nullptr, candidates, true),
+            (V{c, e, a, dependent(c), dependent(e), dependent(a)}));
+  const KernelChoice previous = dependent(e);
+  EXPECT_EQ(final_round_choices({c, a, e}, 1, a, &previous, candidates, true),
+            (V{c, e, a, dependent(e), dependent(c), dependent(a)}))
+      << "the table's dependent choice once, its twin among the others";
+  const KernelChoice gone = dependent(KernelChoice{GemmPath::sorted, 128, 9, 9});
+  EXPECT_EQ(final_round_choices({c}, 1, c, &gone, candidates, true), (V{c, dependent(c)})) << "tiles the bundle lacks";
 }
 
 TEST(TuningTableTest, DamagedTablesAreRejectedNamingTheProblem) {
@@ -86,6 +110,7 @@ TEST(TuningTableTest, DamagedTablesAreRejectedNamingTheProblem) {
       {"\"path\": \"decode\"", "\"path\": \"fast\"", "\"path\" must be \"sorted\" or \"decode\", got \"fast\""},
       {"\"block_m\": 16,", "", "expected a positive integer \"block_m\""},
       {"\"gate_up_tile\": 1", "\"gate_up_tile\": -1", "expected a non-negative integer \"gate_up_tile\""},
+      {"\"down_tile\": 2}", "\"down_tile\": 2, \"dependent_launch\": 1}", "expected a boolean \"dependent_launch\""},
       {"\"max_tokens\": 16", "\"max_tokens\": 1", "buckets must be in increasing max_tokens"},
       {"\"E\": 8", "\"E\": 0", "shape m: expected a positive integer \"E\""},
       {"{\"max_tokens\": 1,", "{", "expected a positive integer \"max_tokens\""},

@@ -186,6 +186,11 @@ class GpuBackend final : public gpu::TunableBackend {
   gpu::KernelChoice heuristic_choice(const MoeProblem& p) const override { return heuristic(p, hints_of(p)); }
   const std::string& device_model() const override { return device_->name(); }
   const std::string& target() const override { return target_; }
+  // Every layer kernel carries PDL alike (tools/aot/variants.py), so route tells.
+  bool offers_dependent_launch() const override {
+    const std::vector<const KernelEntry*> routes = bundle_.find("route", target_);
+    return std::any_of(routes.begin(), routes.end(), [](const KernelEntry* e) { return e->constexpr_or("PDL", 0) != 0; });
+  }
 
   Status forward_with(const MoeProblem& p, const ExecContext& exec, const gpu::KernelChoice& choice) override {
     return run(p, exec, &choice);
@@ -509,7 +514,8 @@ class GpuBackend final : public gpu::TunableBackend {
 
   Status launch(const Step& step, const ArgMap& args, const Plan& q, uint8_t* ws, void* stream) {
     const gpu::ScratchSpace scratch{device_address(ws + q.ws.scratch).value, q.ws.scratch_bytes};
-    return launcher_.launch(*step.entry, Dim3{static_cast<uint32_t>(step.programs), 1, 1}, args, stream, scratch);
+    return launcher_.launch(*step.entry, Dim3{static_cast<uint32_t>(step.programs), 1, 1}, args, stream, scratch,
+                            q.choice.dependent_launch);
   }
 
   // The routing the GEMMs read: route's output in the workspace, or the caller's.

@@ -22,6 +22,9 @@ class TunableBackend : public Backend {
   // The device as a tuned table names it: "NVIDIA H100 80GB HBM3", "cuda:90".
   virtual const std::string& device_model() const = 0;
   virtual const std::string& target() const = 0;
+  // Whether this target's variants can be launched as programmatic dependents
+  // (KernelChoice::dependent_launch; the candidates leave it off).
+  virtual bool offers_dependent_launch() const = 0;
   // forward() with `choice` in place of the table's or the heuristic's.
   virtual Status forward_with(const MoeProblem& problem, const ExecContext& exec, const KernelChoice& choice) = 0;
 };

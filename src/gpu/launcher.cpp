@@ -259,7 +259,7 @@ Status select_variant(const Bundle& bundle, const VariantQuery& query, const Ker
 Launcher::Launcher(std::shared_ptr<const Device> device, const Bundle& bundle) : modules_(std::move(device), bundle) {}
 
 Status Launcher::launch(const KernelEntry& entry, Dim3 grid, const ArgMap& args, StreamHandle stream,
-                        ScratchSpace scratch) {
+                        ScratchSpace scratch, bool dependent_launch) {
   LaunchConfig config;
   TMOE_RETURN_IF_ERROR(make_launch_config(entry, grid, &config));
   DevicePtr global_scratch = 0;
@@ -293,8 +293,9 @@ Status Launcher::launch(const KernelEntry& entry, Dim3 grid, const ArgMap& args,
   if (log_enabled()) std::fprintf(stderr, "tmoe: launch %s\n", config.describe().c_str());
   ScopedCurrent current;
   TMOE_RETURN_IF_ERROR(device().make_current(&current));
-  // A variant compiled with PDL waits for the kernel before it itself (kernels/dependent_launch.py).
-  const bool programmatic_dependent = entry.constexpr_or("PDL", 0) != 0;
+  // Only a variant compiled with PDL waits for the kernel before it itself
+  // (kernels/dependent_launch.py); launched without the attribute its wait is a no-op.
+  const bool programmatic_dependent = dependent_launch && entry.constexpr_or("PDL", 0) != 0;
   Status launched = device().driver().launch(module->function(), config.grid, config.block, config.shared_bytes,
                                              stream, params.data(), programmatic_dependent);
   if (!launched.is_ok()) return Status(launched.code(), launched.message() + " [" + config.describe() + "]");

@@ -86,9 +86,11 @@ class Launcher {
   // Enqueues `entry` over `grid` on `stream` (null: the default stream). Every
   // visible param must be in `args` with its kind, and nothing else may be;
   // values promised divisible by 16 are checked. No host synchronisation.
-  // TMOE_LOG=1 prints each launch's LaunchConfig to stderr.
+  // TMOE_LOG=1 prints each launch's LaunchConfig to stderr. `dependent_launch`: a
+  // variant compiled with PDL is launched as a programmatic dependent of the kernel
+  // before it on the stream (KernelChoice::dependent_launch).
   Status launch(const KernelEntry& entry, Dim3 grid, const ArgMap& args, StreamHandle stream,
-                ScratchSpace scratch = {});
+                ScratchSpace scratch = {}, bool dependent_launch = false);
 
   ModuleCache& modules() { return modules_; }
   const Device& device() const { return modules_.device(); }

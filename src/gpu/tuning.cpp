@@ -45,6 +45,11 @@ KernelChoice parse_choice(const json& j, const std::string& where) {
   }
   c.gate_up_tile = static_cast<int>(integer_at_least(j, "gate_up_tile", 0, where));
   c.down_tile = static_cast<int>(integer_at_least(j, "down_tile", 0, where));
+  // Absent in tables tuned before PDL existed, which launched without it.
+  if (j.contains("dependent_launch")) {
+    if (!j["dependent_launch"].is_boolean()) throw std::runtime_error(where + ": expected a boolean \"dependent_launch\"");
+    c.dependent_launch = j["dependent_launch"].get<bool>();
+  }
   return c;
 }
 
@@ -56,12 +61,13 @@ json choice_to_json(const KernelChoice& c) {
   if (c.path == GemmPath::sorted) j["block_m"] = c.block_m;
   j["gate_up_tile"] = c.gate_up_tile;
   j["down_tile"] = c.down_tile;
+  j["dependent_launch"] = c.dependent_launch;
   return j;
 }
 
 std::vector<KernelChoice> final_round_choices(const std::vector<KernelChoice>& swept, size_t leaders,
                                               const KernelChoice& heuristic, const KernelChoice* previous,
-                                              const std::vector<KernelChoice>& candidates) {
+                                              const std::vector<KernelChoice>& candidates, bool dependent_launch_too) {
   std::vector<KernelChoice> finalists;
   auto add = [&](const KernelChoice& c) {
     if (std::find(finalists.begin(), finalists.end(), c) == finalists.end()) finalists.push_back(c);
@@ -72,12 +78,26 @@ std::vector<KernelChoice> final_round_choices(const std::vector<KernelChoice>& s
     if (fastest != swept.end()) add(*fastest);
   }
   add(heuristic);
-  if (previous && std::find(candidates.begin(), candidates.end(), *previous) != candidates.end()) add(*previous);
+  auto tiles_of = [](KernelChoice c) {
+    c.dependent_launch = false;
+    return c;
+  };
+  if (previous && std::find(candidates.begin(), candidates.end(), tiles_of(*previous)) != candidates.end()) {
+    add(*previous);
+  }
+  if (dependent_launch_too) {
+    for (size_t i = 0, n = finalists.size(); i < n; ++i) {
+      KernelChoice twin = finalists[i];
+      twin.dependent_launch = !twin.dependent_launch;
+      add(twin);
+    }
+  }
   return finalists;
 }
 
 std::string KernelChoice::describe() const {
   std::string tiles = std::string("t") + std::to_string(gate_up_tile) + "/t" + std::to_string(down_tile);
+  if (dependent_launch) tiles += " pdl";
   return path == GemmPath::decode ? "decode " + tiles : "sorted m" + std::to_string(block_m) + " " + tiles;
 }
 

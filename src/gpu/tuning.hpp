@@ -24,9 +24,13 @@ struct KernelChoice {
   int block_m = 0;       // sorted path: the GEMMs' and the alignment's row block
   int gate_up_tile = 0;  // the "t<i>" of the gate_up variant (tools/aot/variants.py)
   int down_tile = 0;     // the "t<i>" of the down variant
+  // Launch the variants compiled with PDL (cuda:90) as programmatic dependents of the
+  // kernel before them. Chosen by measurement, not always on: it saved up to 2% at
+  // qwen3 and gpt-oss T <= 512 and cost 5% at deepseek-v3 T = 1 (performance-log.md #37).
+  bool dependent_launch = false;
 
   bool operator==(const KernelChoice&) const = default;
-  // "sorted m64 t1/t0", "decode t1/t2".
+  // "sorted m64 t1/t0", "decode t1/t2 pdl".
   std::string describe() const;
 };
 
@@ -88,11 +92,12 @@ Status merge_tuning_table(std::string_view existing, const std::string& origin, 
 // routing draws of the final rounds can rank decode and sorted the other way, where
 // the sweep's one draw left a path out of the leaders), the heuristic's choice, then
 // `previous` (the updated table's choice for this T; null when none) where
-// `candidates` still holds it, each once. A re-tune then replaces the previous
-// choice only by beating it in the same rounds.
+// `candidates` still holds its tiles, each once; with `dependent_launch_too`, then
+// each of those with dependent_launch flipped (the sweep runs without it). A re-tune
+// then replaces the previous choice only by beating it in the same rounds.
 std::vector<KernelChoice> final_round_choices(const std::vector<KernelChoice>& swept, size_t leaders,
                                               const KernelChoice& heuristic, const KernelChoice* previous,
-                                              const std::vector<KernelChoice>& candidates);
+                                              const std::vector<KernelChoice>& candidates, bool dependent_launch_too);
 
 // "NVIDIA H100 80GB HBM3" -> "nvidia-h100-80gb-hbm3": the file name of its table.
 std::string device_slug(std::string_view device_name);
