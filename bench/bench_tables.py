@@ -32,7 +32,7 @@ def section(d):
              f"The run's table is `{rel}/tuned-table.json` and its sweep (winner beside the heuristic per T) "
              f"`{rel}/tune.log`; `configs/<device>.json` holds the newest table. Timed: the full layer from random router logits (f32), bf16, median device time "
              "of CUDA-graph replays with the cache flushed before each by reading 512 MB (runs before 2026-11-27: by a memset, whose dirty lines the timed replay wrote back, performance-log.md #23). \"launches\": kernel launches per layer "
-             "(`tmoe_moe_plan`); \"plan\": path and tiles. GB/s counts the active experts' weights once plus x, out "
+             "(`tmoe_moe_plan`); \"plan\": path and tiles, \"pdl\" where the kernels launch as programmatic dependents (performance-log.md #37). GB/s counts the active experts' weights once plus x, out "
              "and the logits; TFLOP/s counts 2·T·k·3·H·I (+ the shared expert). \"rel L2 err\": against the float64 "
              f"reference on 8 sampled token rows (bound 1e-2). Raw rows: `{rel}/`.", ""]
     for run in runs:
