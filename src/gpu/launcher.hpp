@@ -70,7 +70,6 @@ struct VariantQuery {
   std::string target;  // from resolve_target
   // Optional: which variants may serve the call, and in words what it demands
   // ("BLOCK_E >= 96"), for the error when none does.
-  // ({} initializers: a query naming only kernel, dtype and target compiles without -Wextra's warning.)
   std::function<bool(const KernelEntry&)> accept{};
   std::string requirement{};
   // Optional: higher is better; ties go to the earlier manifest entry.
