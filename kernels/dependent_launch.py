@@ -1,8 +1,9 @@
 """Programmatic dependent launch (Hopper): where the tuned choice asks for it
 (KernelChoice::dependent_launch, performance-log.md #37), the host launches a kernel
 whose variant sets PDL with the launch attribute that lets it start while the kernel
-before it on the stream is still running. Such a kernel first lets the kernel after it launch, then
-waits until every write of the kernel before it is visible, before touching memory:
+before it on the stream is still running. Such a kernel first lets the kernel after
+it launch, then waits until every write of the kernel before it is visible, before
+touching memory:
 only the launch latency and the programs' start overlap, so no buffer is read or
 written early (performance-log.md #36). The persistent GEMM tiles keep PDL off
 (tools/aot/variants.py): their programs run the whole kernel, so the next kernel's

@@ -44,8 +44,9 @@ GROUP16 = dict(GROUP_M=16)
 # Triton rewrites them to pointer loads on other targets.
 TMA = dict(TMA=True)
 # The layer's kernels carry PDL (kernels/dependent_launch.py), on for the targets here,
-# whose host launches them as programmatic dependents of the kernel before them; off
-# in the persistent tiles (performance-log.md #36).
+# whose host may launch them as programmatic dependents of the kernel before them
+# (where the tuned choice asks, performance-log.md #37); off in the persistent tiles
+# (#36).
 LAYER_KERNEL = dict(PDL=False)
 DEPENDENT_LAUNCH_TARGETS = ("cuda:90",)
 # Persistent tiles only: a block whose slots fit in its first BLOCK_M / 2 rows (an
