@@ -15,13 +15,12 @@ import sys
 
 import torch
 import torch.nn.functional as F
-import triton
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import peers  # noqa: E402
 from model_shapes import routed_models  # noqa: E402
 from kernels.cache import read_through  # noqa: E402
-from kernels.decode import decode_down_combine, decode_down_early, decode_gate_up_swiglu  # noqa: E402
+from kernels.decode import decode_down_combine, decode_gate_up_swiglu  # noqa: E402
 from tools.aot import variants  # noqa: E402
 
 REPS = 15
@@ -47,29 +46,6 @@ DOWN = list(bundled(variants.DECODE_DOWN_TILES, {})) + extra("DOWN")
 
 def name(tile):
     return "x".join(map(str, tile))
-
-
-def early(model, T, ups, downs, run_gate_up, run_down, run_early, out, ref):
-    """Both kernels as programmatic dependents: the bundled pairs, and gate_up + decode_down_early."""
-    times = {}
-    for up, down in itertools.product(ups, downs):
-        times[f"{name(up)} + {name(down)}"] = peers.replay_ms(lambda: (run_gate_up(up, True), run_down(down, True)),
-                                                              REPS) * 1000
-    for up, tile in itertools.product(ups, [(1, 4), (1, 8), (2, 4), (2, 8), (4, 8)]):
-        out.fill_(float("nan"))
-        try:
-            run_gate_up(up, True)
-            run_early(tile)
-        except Exception as error:  # noqa: BLE001 (out of registers or shared memory: reported)
-            print(f"  early {name(tile)}: {type(error).__name__} {error}", flush=True)
-            continue
-        err = ((out.float() - ref).norm() / ref.norm()).item()
-        if not err < 1e-2:
-            print(f"  early {name(tile)}: WRONG rel err {err:.1e}", flush=True)
-            continue
-        times[f"{name(up)} + early {name(tile)}"] = peers.replay_ms(
-            lambda: (run_gate_up(up, True), run_early(tile)), REPS) * 1000
-    print(f"{model} T={T} pdl: " + " | ".join(f"{c} {times[c]:.1f}" for c in sorted(times, key=times.get)), flush=True)
 
 
 def stream_us(nbytes):
@@ -110,22 +86,16 @@ def cell(model, E, H, I, k, T, w13, w2, g):
     out_ref = (torch.einsum("shi,si->sh", w2_s, h_ref).view(T, k, H) * weights[..., None]).sum(1)
     scalar = torch.empty(1, device="cuda", dtype=torch.bfloat16)
 
-    def run_gate_up(tile, pdl=False):
+    def run_gate_up(tile):
         bn, bk, warps, stages = tile
         decode_gate_up_swiglu[(S * -(-I // bn),)](x, w13, h, ids, k, H, I, ROUTED=True, BLOCK_N=bn, BLOCK_K=bk,
-                                                  PDL=pdl, num_warps=warps, num_stages=stages)
+                                                  PDL=False, num_warps=warps, num_stages=stages)
 
-    def run_down(tile, pdl=False):
+    def run_down(tile):
         bn, bk, warps, stages, per_pass = tile
         decode_down_combine[(T * -(-H // bn),)](h, w2, out, ids, weights, scalar, scalar, k, H, I, 0,
                                                 HAS_SHARED=False, BLOCK_N=bn, BLOCK_K=bk, EXPERTS_PER_PASS=per_pass,
-                                                PDL=pdl, num_warps=warps, num_stages=stages, launch_pdl=pdl)
-
-    def run_early(tile):
-        bn, warps = tile
-        decode_down_early[(T * -(-H // bn),)](h, w2, out, ids, weights, k, H, I, K_PAD=triton.next_power_of_2(k),
-                                              BLOCK_N=bn, BLOCK_I=triton.next_power_of_2(I), PDL=True,
-                                              num_warps=warps, launch_pdl=True)
+                                                PDL=False, num_warps=warps, num_stages=stages)
 
     def sweep(stage, tiles, run, result, ref):
         times = {}
@@ -156,8 +126,6 @@ def cell(model, E, H, I, k, T, w13, w2, g):
         pairs[(up, down)] = peers.replay_ms(both, REPS) * 1000
     best = min(pairs, key=pairs.get)
     up_bytes, down_bytes = len(set(ids.flatten().tolist())) * 2 * I * H * 2, len(set(ids.flatten().tolist())) * H * I * 2
-    if os.environ.get("EARLY"):
-        early(model, T, ups[:2], downs[:2], run_gate_up, run_down, run_early, out, out_ref)
     print(f"{model} T={T} pair: best {name(best[0])} + {name(best[1])} {pairs[best]:.1f} us; read_through over "
           f"gate_up's {up_bytes / 1e6:.0f} MB {stream_us(up_bytes):.1f} us, down's {down_bytes / 1e6:.0f} MB "
           f"{stream_us(down_bytes):.1f} us, both {stream_us(up_bytes + down_bytes):.1f} us", flush=True)

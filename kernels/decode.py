@@ -25,8 +25,6 @@ Many narrow programs keep every SM streaming even when only a few experts are ac
 import triton
 import triton.language as tl
 
-from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
-
 from kernels.dependent_launch import wait_for_previous_kernel
 from kernels.row_tiles import row_and_columns
 
@@ -117,31 +115,4 @@ def decode_down_combine(h, w2, out, topk_ids, topk_weights, h_shared, shared_w2,
     if HAS_SHARED:
         rows = shared_w2 + cols.to(tl.int64) * shared_I
         total += rows_dot_vector(rows, h_shared + token * shared_I, shared_I, col_ok, BLOCK_N, BLOCK_K)
-    tl.store(out + token * H + cols, total.to(out.dtype.element_ty), mask=col_ok)
-
-
-@triton.jit
-def decode_down_early(h, w2, out, topk_ids, topk_weights, top_k, H, I, K_PAD: tl.constexpr,
-                      BLOCK_N: tl.constexpr, BLOCK_I: tl.constexpr, PDL: tl.constexpr):
-    """decode_down_combine for a launch as a programmatic dependent of gate_up: each
-    program loads all its w2 (BLOCK_N rows of every chosen expert, whole) into registers
-    before waiting for h, so w2 streams while gate_up still runs."""
-    token, cols, col_ok = row_and_columns(H, BLOCK_N)
-    token = token.to(tl.int64)
-    if PDL:
-        gdc_launch_dependents()
-    js = tl.arange(0, K_PAD)
-    j_ok = js < top_k
-    slots = token * top_k + js
-    experts = tl.load(topk_ids + slots, mask=j_ok, other=0).to(tl.int64)
-    ks = tl.arange(0, BLOCK_I)
-    k_ok = ks < I
-    w = tl.load(w2 + experts[:, None, None] * H * I + cols.to(tl.int64)[None, :, None] * I + ks[None, None, :],
-                mask=j_ok[:, None, None] & col_ok[None, :, None] & k_ok[None, None, :], other=0.0)
-    if PDL:
-        gdc_wait()
-    hv = tl.load(h + slots[:, None] * I + ks[None, :], mask=j_ok[:, None] & k_ok[None, :], other=0.0)
-    part = tl.sum(w.to(tl.float32) * hv.to(tl.float32)[:, None, :], 2)
-    weights = tl.load(topk_weights + slots, mask=j_ok, other=0.0)
-    total = tl.sum(part * weights[:, None], 0)
     tl.store(out + token * H + cols, total.to(out.dtype.element_ty), mask=col_ok)
