@@ -15,13 +15,12 @@ import sys
 
 import torch
 import torch.nn.functional as F
-import triton
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import peers  # noqa: E402
 from model_shapes import routed_models  # noqa: E402
 from kernels.cache import read_through  # noqa: E402
-from kernels.decode import decode_down_combine, decode_fused, decode_gate_up_swiglu  # noqa: E402
+from kernels.decode import decode_down_combine, decode_gate_up_swiglu  # noqa: E402
 from tools.aot import variants  # noqa: E402
 
 REPS = 15
@@ -47,47 +46,6 @@ DOWN = list(bundled(variants.DECODE_DOWN_TILES, {})) + extra("DOWN")
 
 def name(tile):
     return "x".join(map(str, tile))
-
-
-SMS = torch.cuda.get_device_properties(0).multi_processor_count
-
-
-def fused(model, T, k, H, I, x, w13, w2, ids, weights, h, out, ref, ups):
-    """decode_fused on persistent grids of 1-4 programs per SM, with the best gate_up tiles."""
-    S = T * k
-    times = {}
-    for up, down_n, block_i, warps, static in itertools.product(ups[:1], (16,), (1024,), (4,), (False, True)):
-        bn, bk, _, stages = up
-        down_blocks, chunks = -(-H // down_n), -(-I // block_i)
-        sync = torch.zeros(2 + S + T * down_blocks, device="cuda", dtype=torch.int32)
-        partials = torch.empty(S * chunks, H, device="cuda", dtype=torch.float32)
-        for per_sm in (1, 2, 3) if static else (1, 2, 3, 4):  # static: every program resident
-            def run():
-                decode_fused[(SMS * per_sm,)](x, w13, w2, h, out, ids, weights, partials, sync, k, H, I, T,
-                                              ROWS_PAD=triton.next_power_of_2(k * chunks), BLOCK_N=bn, BLOCK_K=bk,
-                                              DOWN_N=down_n, BLOCK_I=block_i, STATIC=static, num_warps=warps,
-                                              num_stages=stages)
-            label = f"{name(up)} down {down_n}x{block_i} w{warps} grid {per_sm}/SM" + (" static" if static else "")
-            out.fill_(float("nan"))
-            try:
-                run()
-                torch.cuda.synchronize()
-            except Exception as error:  # noqa: BLE001 (out of resources: reported)
-                print(f"  fused {label}: {type(error).__name__} {str(error)[:80]}", flush=True)
-                break
-            err = ((out.float() - ref).norm() / ref.norm()).item()
-            left = int(sync.abs().sum())
-            if not err < 1e-2 or left:
-                print(f"  fused {label}: WRONG rel err {err:.1e}, sync words left {left}", flush=True)
-                continue
-            times[label] = peers.replay_ms(run, REPS) * 1000
-            out.fill_(float("nan"))
-            run()
-            err = ((out.float() - ref).norm() / ref.norm()).item()
-            if not err < 1e-2 or int(sync.abs().sum()):
-                print(f"  fused {label}: WRONG after replays, rel err {err:.1e}", flush=True)
-    ranked = sorted(times, key=times.get)
-    print(f"{model} T={T} fused: " + " | ".join(f"{c} {times[c]:.1f}" for c in ranked[:8]), flush=True)
 
 
 def stream_us(nbytes):
@@ -168,8 +126,6 @@ def cell(model, E, H, I, k, T, w13, w2, g):
         pairs[(up, down)] = peers.replay_ms(both, REPS) * 1000
     best = min(pairs, key=pairs.get)
     up_bytes, down_bytes = len(set(ids.flatten().tolist())) * 2 * I * H * 2, len(set(ids.flatten().tolist())) * H * I * 2
-    if os.environ.get("FUSED"):
-        fused(model, T, k, H, I, x, w13, w2, ids, weights, h, out, out_ref, ups[:2])
     print(f"{model} T={T} pair: best {name(best[0])} + {name(best[1])} {pairs[best]:.1f} us; read_through over "
           f"gate_up's {up_bytes / 1e6:.0f} MB {stream_us(up_bytes):.1f} us, down's {down_bytes / 1e6:.0f} MB "
           f"{stream_us(down_bytes):.1f} us, both {stream_us(up_bytes + down_bytes):.1f} us", flush=True)

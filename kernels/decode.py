@@ -57,9 +57,10 @@ def rows_dot_vector(w_rows, v, K, row_ok, BLOCK_N: tl.constexpr, BLOCK_K: tl.con
 
 
 @triton.jit
-def gate_up_columns(x, w13, h, topk_ids, top_k, H, I, slot, cols, col_ok, ROUTED: tl.constexpr,
-                    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """h[slot, cols] = silu(gate) * up for the slot's token row of x and expert."""
+def decode_gate_up_swiglu(x, w13, h, topk_ids, top_k, H, I, ROUTED: tl.constexpr, BLOCK_N: tl.constexpr,
+                          BLOCK_K: tl.constexpr, PDL: tl.constexpr):
+    wait_for_previous_kernel(PDL)
+    slot, cols, col_ok = row_and_columns(I, BLOCK_N)
     if ROUTED:
         expert = tl.load(topk_ids + slot).to(tl.int64)
         token = (slot // top_k).to(tl.int64)
@@ -79,14 +80,6 @@ def gate_up_columns(x, w13, h, topk_ids, top_k, H, I, slot, cols, col_ok, ROUTED
     up = tl.sum(up, 0)
     out = gate * tl.sigmoid(gate) * up
     tl.store(h + slot.to(tl.int64) * I + cols, out.to(h.dtype.element_ty), mask=col_ok)
-
-
-@triton.jit
-def decode_gate_up_swiglu(x, w13, h, topk_ids, top_k, H, I, ROUTED: tl.constexpr, BLOCK_N: tl.constexpr,
-                          BLOCK_K: tl.constexpr, PDL: tl.constexpr):
-    wait_for_previous_kernel(PDL)
-    slot, cols, col_ok = row_and_columns(I, BLOCK_N)
-    gate_up_columns(x, w13, h, topk_ids, top_k, H, I, slot, cols, col_ok, ROUTED, BLOCK_N, BLOCK_K)
 
 
 @triton.jit
@@ -123,75 +116,3 @@ def decode_down_combine(h, w2, out, topk_ids, topk_weights, h_shared, shared_w2,
         rows = shared_w2 + cols.to(tl.int64) * shared_I
         total += rows_dot_vector(rows, h_shared + token * shared_I, shared_I, col_ok, BLOCK_N, BLOCK_K)
     tl.store(out + token * H + cols, total.to(out.dtype.element_ty), mask=col_ok)
-
-
-@triton.jit
-def decode_fused(x, w13, w2, h, out, topk_ids, topk_weights, partials, sync, top_k, H, I, num_tokens,
-                 ROWS_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOWN_N: tl.constexpr,
-                 BLOCK_I: tl.constexpr, STATIC: tl.constexpr = False):
-    """Both decode GEMMs in one persistent launch. Work items go by a ticket counter,
-    every gate_up item (slot, BLOCK_N columns of I) before any down item (slot,
-    DOWN_N columns of H, BLOCK_I of I), so a down item waits only on gate_up items
-    that running programs hold. A down item loads its w2 block before waiting for its
-    slot's h and writes an f32 partial row; the token's last arriving item sums the
-    token's partial rows in a fixed order into out. sync: [ticket, finished, done
-    per slot, arrivals per (token, column block)], zero at launch and left zero."""
-    S = num_tokens * top_k
-    up_blocks = tl.cdiv(I, BLOCK_N)
-    n_up = S * up_blocks
-    down_blocks = tl.cdiv(H, DOWN_N)
-    i_chunks = tl.cdiv(I, BLOCK_I)
-    total = n_up + S * down_blocks * i_chunks
-    slot_done = sync + 2
-    arrivals = sync + 2 + S
-    if STATIC:
-        t = tl.program_id(0)
-    else:
-        t = tl.atomic_add(sync, 1, sem="relaxed")
-    while t < total:
-        if t < n_up:
-            up_slot = t // up_blocks
-            up_cols = (t % up_blocks) * BLOCK_N + tl.arange(0, BLOCK_N)
-            gate_up_columns(x, w13, h, topk_ids, top_k, H, I, up_slot, up_cols, up_cols < I, True, BLOCK_N, BLOCK_K)
-            tl.debug_barrier()
-            tl.atomic_add(slot_done + up_slot, 1, sem="release")
-        else:
-            d = t - n_up
-            chunk = d % i_chunks
-            block = (d // i_chunks) % down_blocks
-            slot = d // (i_chunks * down_blocks)
-            cols = block * DOWN_N + tl.arange(0, DOWN_N)
-            col_ok = cols < H
-            ks = chunk * BLOCK_I + tl.arange(0, BLOCK_I)
-            k_ok = ks < I
-            expert = tl.load(topk_ids + slot).to(tl.int64)
-            w = tl.load(w2 + expert * H * I + cols.to(tl.int64)[:, None] * I + ks[None, :],
-                        mask=col_ok[:, None] & k_ok[None, :], other=0.0)
-            done = tl.atomic_add(slot_done + slot, 0, sem="acquire")
-            while done < up_blocks:
-                done = tl.atomic_add(slot_done + slot, 0, sem="acquire")
-            hv = tl.load(h + slot.to(tl.int64) * I + ks, mask=k_ok, other=0.0, cache_modifier=".cg")
-            weight = tl.load(topk_weights + slot)
-            part = tl.sum(w.to(tl.float32) * hv.to(tl.float32)[None, :], 1) * weight
-            tl.store(partials + (slot * i_chunks + chunk).to(tl.int64) * H + cols, part, mask=col_ok)
-            tl.debug_barrier()
-            token = slot // top_k
-            arrival = arrivals + token * down_blocks + block
-            rows_per_token = top_k * i_chunks
-            if tl.atomic_add(arrival, 1, sem="acq_rel") == rows_per_token - 1:
-                rs = tl.arange(0, ROWS_PAD)
-                rows = (token * rows_per_token + rs).to(tl.int64)
-                p = tl.load(partials + rows[:, None] * H + cols[None, :],
-                            mask=(rs < rows_per_token)[:, None] & col_ok[None, :], other=0.0, cache_modifier=".cg")
-                tl.store(out + token.to(tl.int64) * H + cols, tl.sum(p, 0).to(out.dtype.element_ty), mask=col_ok)
-                tl.atomic_xchg(arrival, 0, sem="relaxed")
-        if STATIC:
-            t += tl.num_programs(0)
-        else:
-            t = tl.atomic_add(sync, 1, sem="relaxed")
-    if tl.atomic_add(sync + 1, 1, sem="acq_rel") == tl.num_programs(0) - 1:
-        tl.atomic_xchg(sync, 0, sem="relaxed")
-        tl.atomic_xchg(sync + 1, 0, sem="relaxed")
-        for s0 in range(0, S, 128):
-            lanes = s0 + tl.arange(0, 128)
-            tl.store(slot_done + lanes, tl.zeros([128], tl.int32), mask=lanes < S)
