@@ -13,14 +13,23 @@ from kernels.dependent_launch import wait_for_previous_kernel
 SOFTMAX_TOPK = tl.constexpr(0)
 TOPK_SOFTMAX = tl.constexpr(1)
 SIGMOID_GROUPED_TOPK = tl.constexpr(2)
+# Below the order-preserving bits of every float once NaN is -inf (they would be a
+# negative NaN's).
+UNAVAILABLE = tl.constexpr(-2147483648)
 
 
 @triton.jit
 def argmax_lowest(values, available, lanes, NONE: tl.constexpr):
-    """Lane of the largest available value, the lowest lane among equals; NONE if none is available."""
-    masked = tl.where(available, values, float("-inf"))
-    best = tl.max(masked, 0)
-    return tl.min(tl.where(available & (masked == best), lanes, NONE), 0)
+    """Lane of the largest available value, the lowest lane among equals (NaN ranks as
+    -inf and -0.0 as 0.0, as in the reference); NONE if none is available. One
+    reduction instead of a max and then a min over the lanes that hold it (each pick
+    is on route's critical path, k of them per token): the key packs the value's bits,
+    made order-preserving, above NONE - lane."""
+    canonical = tl.where(values != values, float("-inf"), values) + 0.0
+    bits = canonical.to(tl.int32, bitcast=True)
+    ordered = tl.where(available, bits ^ ((bits >> 31) & 0x7FFFFFFF), UNAVAILABLE)
+    best = tl.max(ordered.to(tl.int64) * 4294967296 + (NONE - lanes).to(tl.int64), 0)
+    return tl.where((best >> 32) == UNAVAILABLE, NONE, NONE - (best & 0xFFFFFFFF).to(tl.int32))
 
 
 @triton.jit
@@ -62,7 +71,9 @@ def route(logits, correction_bias, topk_ids, topk_weights, E, top_k, mode, renor
         eligible = kept_groups(selection, valid, lanes, E, n_group, topk_group, BLOCK_E)
     else:
         unnormalised = tl.exp(x - tl.max(x, 0))
-        weight_of = unnormalised / tl.sum(unnormalised, 0)
+        # topk_softmax is a softmax over the chosen logits: normalised below over the
+        # chosen only, so a NaN logit left unchosen does not reach the weights.
+        weight_of = tl.where(mode == TOPK_SOFTMAX, unnormalised, unnormalised / tl.sum(unnormalised, 0))
         # softmax_topk ranks the probabilities, topk_softmax the logits (tmoe.h): the two
         # orders differ only where exp() rounds two logits to one probability.
         selection = tl.where(mode == TOPK_SOFTMAX, x, weight_of)
@@ -74,7 +85,6 @@ def route(logits, correction_bias, topk_ids, topk_weights, E, top_k, mode, renor
         rank = tl.where(lanes == chosen, j, rank)
     picked = rank >= 0
     weights = tl.where(picked, weight_of, 0.0)
-    # topk_softmax is a softmax over the chosen logits, i.e. renormalised probabilities.
     if (renormalize != 0) | (mode == TOPK_SOFTMAX):
         total = tl.sum(weights, 0)
         # A zero total means every chosen sigmoid underflowed: keep 0, not NaN (as the CPU).

@@ -41,6 +41,7 @@ struct LayerCase {
   bool correction_bias = false;
   tmoe_dtype logits_dtype = TMOE_DTYPE_F32;
   int64_t checked_rows = 0;  // rows compared with the reference; 0: all
+  bool nan_logits = false;    // every third token has one NaN logit (check all rows)
 };
 
 inline std::string case_name(const LayerCase& c) {
@@ -66,6 +67,7 @@ inline std::string case_name(const LayerCase& c) {
   if (c.placement == Placement::kAllOnOneExpert) name += "_one_expert";
   if (c.placement == Placement::kEvenExpertsOnly) name += "_idle_experts";
   if (c.shared_I > 0) name.append("_shared").append(std::to_string(c.shared_I));
+  if (c.nan_logits) name += "_nan_logits";
   return name;
 }
 
@@ -218,6 +220,12 @@ inline void HostProblem::draw_logits(const LayerCase& c, std::mt19937_64& rng) {
       }
     }
   }
+  // A NaN logit ranks as -inf, so its token still gets k experts; under
+  // softmax_topk it makes every probability of the token, and so its output row,
+  // NaN (as in the reference).
+  if (c.nan_logits) {
+    for (int64_t t = 0; t < T; t += 3) values[t * E + static_cast<int64_t>(rng() % static_cast<uint64_t>(E))] = NAN;
+  }
   logits.resize(static_cast<size_t>(T * E) * dtype_size(c.logits_dtype));
   for (int64_t i = 0; i < T * E; ++i) store_from_f32(logits.data(), c.logits_dtype, i, static_cast<float>(values[i]));
 
@@ -292,15 +300,39 @@ inline std::vector<int64_t> rows_to_check(const LayerCase& c, uint64_t seed) {
 }
 
 // The whole output written, and within the dtype's bound of the float64
-// reference on the checked rows, overall and row by row.
+// reference on the checked rows, overall and row by row. A row the reference
+// gives as NaN (a NaN logit under softmax_topk) must be NaN throughout.
 inline void expect_matches_reference(const LayerCase& c, const HostProblem& host, const std::vector<uint8_t>& out,
                                      uint64_t seed) {
-  int64_t unwritten = 0;
-  for (int64_t i = 0; i < c.T * c.H; ++i) unwritten += std::isnan(load_as_f32(out.data(), c.dtype, i)) ? 1 : 0;
+  const std::vector<int64_t> checked = rows_to_check(c, seed);
+  const std::vector<double> reference_rows = reference::moe_layer(host.args, checked);
+  std::vector<char> nan_expected(static_cast<size_t>(c.T), 0);
+  std::vector<int64_t> rows;
+  std::vector<double> expected;
+  for (size_t r = 0; r < checked.size(); ++r) {
+    const auto begin = reference_rows.begin() + static_cast<std::ptrdiff_t>(r * c.H), end = begin + c.H;
+    if (std::any_of(begin, end, [](double v) { return std::isnan(v); })) {
+      nan_expected[checked[r]] = 1;
+    } else {
+      rows.push_back(checked[r]);
+      expected.insert(expected.end(), begin, end);
+    }
+  }
+  int64_t unwritten = 0, finite_in_nan_rows = 0;
+  for (int64_t i = 0; i < c.T * c.H; ++i) {
+    const bool is_nan = std::isnan(load_as_f32(out.data(), c.dtype, i));
+    if (nan_expected[i / c.H]) {
+      finite_in_nan_rows += is_nan ? 0 : 1;
+    } else {
+      unwritten += is_nan ? 1 : 0;
+    }
+  }
   EXPECT_EQ(unwritten, 0) << "elements of out left as the NaN poison (or computed as NaN)";
+  EXPECT_EQ(finite_in_nan_rows, 0) << "elements finite in rows the reference gives as NaN";
+  EXPECT_EQ(std::count(nan_expected.begin(), nan_expected.end(), 1) > 0,
+            c.nan_logits && c.source == Source::kSoftmaxTopk && c.T > 0)
+      << "rows the reference gives as NaN";
 
-  const std::vector<int64_t> rows = rows_to_check(c, seed);
-  const std::vector<double> expected = reference::moe_layer(host.args, rows);
   std::vector<double> actual(expected.size());
   for (size_t r = 0; r < rows.size(); ++r) {
     for (int64_t h = 0; h < c.H; ++h) actual[r * c.H + h] = load_as_f32(out.data(), c.dtype, rows[r] * c.H + h);

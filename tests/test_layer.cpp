@@ -89,6 +89,17 @@ std::vector<LayerCase> routing_modes() {
        .renormalize = true, .n_group = 8, .topk_group = 4, .routed_scaling_factor = 2.5f, .correction_bias = true},
       {.T = 255, .E = 60, .k = 6, .H = 33, .I = 47, .dtype = kF32, .source = grouped, .n_group = 4, .topk_group = 2},
       {.T = 17, .E = 8, .k = 1, .H = 33, .I = 47, .dtype = kF16, .source = grouped, .correction_bias = true},
+      // NaN logits rank as -inf: every token keeps k experts. Decode-sized T too.
+      {.T = 255, .E = 128, .k = 8, .H = 33, .I = 47, .dtype = kBF16, .source = softmax, .renormalize = true,
+       .nan_logits = true},
+      {.T = 1, .E = 128, .k = 8, .H = 33, .I = 47, .dtype = kBF16, .source = softmax, .renormalize = true,
+       .nan_logits = true},
+      {.T = 255, .E = 128, .k = 4, .H = 33, .I = 47, .dtype = kBF16, .source = topk, .logits_dtype = kBF16,
+       .nan_logits = true},
+      {.T = 3, .E = 128, .k = 4, .H = 33, .I = 47, .dtype = kF16, .source = topk, .nan_logits = true},
+      {.T = 255, .E = 128, .k = 8, .H = 33, .I = 47, .dtype = kBF16, .source = grouped, .shared_I = 47,
+       .renormalize = true, .n_group = 8, .topk_group = 4, .routed_scaling_factor = 2.5f, .correction_bias = true,
+       .nan_logits = true},
   };
 }
 

@@ -68,7 +68,9 @@ typedef enum tmoe_routing_mode {
 } tmoe_routing_mode;
 
 /* Ties in every top-k go to the lower index (expert or group). The k chosen
- * experts of a token are listed by descending score. */
+ * experts of a token are listed by descending score. A NaN score ranks as -inf,
+ * so every token gets k experts whatever its logits; a NaN logit under
+ * softmax_topk makes all of its token's probabilities, and so its output, NaN. */
 typedef struct tmoe_routing {
   tmoe_routing_mode mode;
   int32_t top_k;

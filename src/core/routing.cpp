@@ -15,22 +15,27 @@ namespace {
 // The best `capacity` (score, index) pairs offered so far, best first.
 // Candidates must be offered in ascending index order: a newcomer then moves
 // past strictly lower scores only, which gives every tie to the lower index.
-// Insertion into a sorted buffer: k is small (<= 8 in every supported model)
-// and most candidates are rejected by the first comparison.
+// NaN ranks as -inf (as in the reference), so every row still yields k valid
+// experts; its score is kept as it is. Insertion into a sorted buffer: k is
+// small (<= 8 in every supported model) and most candidates are rejected by the
+// first comparison.
 class TopK {
  public:
-  explicit TopK(int64_t capacity) : scores_(capacity), indices_(capacity) {}
+  explicit TopK(int64_t capacity) : keys_(capacity), scores_(capacity), indices_(capacity) {}
 
   void clear() { size_ = 0; }
 
   void offer(float score, int32_t index) {
-    const int64_t capacity = static_cast<int64_t>(scores_.size());
-    if (size_ == capacity && !(score > scores_[capacity - 1])) return;
+    const float key = std::isnan(score) ? -INFINITY : score;
+    const int64_t capacity = static_cast<int64_t>(keys_.size());
+    if (size_ == capacity && !(key > keys_[capacity - 1])) return;
     int64_t pos = size_ < capacity ? size_++ : capacity - 1;
-    for (; pos > 0 && score > scores_[pos - 1]; --pos) {
+    for (; pos > 0 && key > keys_[pos - 1]; --pos) {
+      keys_[pos] = keys_[pos - 1];
       scores_[pos] = scores_[pos - 1];
       indices_[pos] = indices_[pos - 1];
     }
+    keys_[pos] = key;
     scores_[pos] = score;
     indices_[pos] = index;
   }
@@ -39,6 +44,7 @@ class TopK {
   int32_t index(int64_t rank) const { return indices_[rank]; }
 
  private:
+  std::vector<float> keys_;  // the scores as ranked
   std::vector<float> scores_;
   std::vector<int32_t> indices_;
   int64_t size_ = 0;
