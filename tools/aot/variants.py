@@ -129,36 +129,27 @@ DOWN_DEFAULTS = dict(LAYER_KERNEL, **GROUP8, TMA=False, PERSISTENT=0, HALF_TAIL=
 FALLBACK_BLOCK_M = 32
 FALLBACK_TILE = {"cuda": (64, 64, 4, 3), "hip": (64, 64, 4, 2)}
 
-# The decode path's tiles: backend -> (BLOCK_N, BLOCK_K, num_warps, num_stages).
+
+def decode_tile(n, k, warps, stages, **constexprs):
+    """A decode tile for both backends: HIP's the same with two stages."""
+    extra = (constexprs,) if constexprs else ()
+    return {"cuda": (n, k, warps, stages, *extra), "hip": (n, k, warps, 2, *extra)}
+
+
+# The decode path's tiles: (BLOCK_N, BLOCK_K, num_warps, num_stages) on CUDA.
 # BLOCK_N >= 16 (a tensor-core tile). The heuristic takes the widest BLOCK_N that
 # still launches two programs per SM, else the narrowest (lowest index among equals).
 # Beyond the first two per kernel: deeper pipelines with shorter K steps and two-warp
 # programs (more programs per SM), for `tmoe tune` to weigh on small experts; from t4
 # (gate_up) and t5 (down), the winners of bench/decode_time.py's sweep on an H100
 # (performance-log.md #39: 1-3% faster at T = 1 and 4 on gpt-oss, deepseek, mixtral).
-DECODE_GATE_UP_TILES = ({"cuda": (32, 128, 4, 4), "hip": (32, 128, 4, 2)},
-                        {"cuda": (16, 256, 4, 4), "hip": (16, 256, 4, 2)},
-                        {"cuda": (32, 64, 4, 6), "hip": (32, 64, 4, 2)},
-                        {"cuda": (16, 128, 2, 6), "hip": (16, 128, 2, 2)},
-                        {"cuda": (32, 256, 4, 4), "hip": (32, 256, 4, 2)},
-                        {"cuda": (32, 128, 4, 6), "hip": (32, 128, 4, 2)})
+DECODE_GATE_UP_TILES = (decode_tile(32, 128, 4, 4), decode_tile(16, 256, 4, 4), decode_tile(32, 64, 4, 6),
+                        decode_tile(16, 128, 2, 6), decode_tile(32, 256, 4, 4), decode_tile(32, 128, 4, 6))
 # decode_down_combine's tiles also say how many experts share one K loop.
-DECODE_DOWN_TILES = ({"cuda": (64, 128, 4, 4, dict(EXPERTS_PER_PASS=1)),
-                      "hip": (64, 128, 4, 2, dict(EXPERTS_PER_PASS=1))},
-                     {"cuda": (32, 128, 4, 4, dict(EXPERTS_PER_PASS=2)),
-                      "hip": (32, 128, 4, 2, dict(EXPERTS_PER_PASS=2))},
-                     {"cuda": (16, 128, 4, 4, dict(EXPERTS_PER_PASS=4)),
-                      "hip": (16, 128, 4, 2, dict(EXPERTS_PER_PASS=4))},
-                     {"cuda": (16, 64, 4, 4, dict(EXPERTS_PER_PASS=8)),
-                      "hip": (16, 64, 4, 2, dict(EXPERTS_PER_PASS=8))},
-                     {"cuda": (32, 64, 4, 4, dict(EXPERTS_PER_PASS=4)),
-                      "hip": (32, 64, 4, 2, dict(EXPERTS_PER_PASS=4))},
-                     {"cuda": (32, 64, 4, 6, dict(EXPERTS_PER_PASS=4)),
-                      "hip": (32, 64, 4, 2, dict(EXPERTS_PER_PASS=4))},
-                     {"cuda": (16, 128, 4, 6, dict(EXPERTS_PER_PASS=4)),
-                      "hip": (16, 128, 4, 2, dict(EXPERTS_PER_PASS=4))},
-                     {"cuda": (16, 64, 4, 8, dict(EXPERTS_PER_PASS=4)),
-                      "hip": (16, 64, 4, 2, dict(EXPERTS_PER_PASS=4))})
+DECODE_DOWN_TILES = (decode_tile(64, 128, 4, 4, EXPERTS_PER_PASS=1), decode_tile(32, 128, 4, 4, EXPERTS_PER_PASS=2),
+                     decode_tile(16, 128, 4, 4, EXPERTS_PER_PASS=4), decode_tile(16, 64, 4, 4, EXPERTS_PER_PASS=8),
+                     decode_tile(32, 64, 4, 4, EXPERTS_PER_PASS=4), decode_tile(32, 64, 4, 6, EXPERTS_PER_PASS=4),
+                     decode_tile(16, 128, 4, 6, EXPERTS_PER_PASS=4), decode_tile(16, 64, 4, 8, EXPERTS_PER_PASS=4))
 
 
 @dataclass(frozen=True)
