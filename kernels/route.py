@@ -22,9 +22,9 @@ UNAVAILABLE = tl.constexpr(-2147483648)
 def argmax_lowest(values, available, lanes, NONE: tl.constexpr):
     """Lane of the largest available value, the lowest lane among equals (NaN ranks as
     -inf and -0.0 as 0.0, as in the reference); NONE if none is available. One
-    reduction instead of a max and then a min over the lanes that hold it (each pick
-    is on route's critical path, k of them per token): the key packs the value's bits,
-    made order-preserving, above NONE - lane."""
+    reduction over a key packing the value's bits, made order-preserving, above
+    NONE - lane (a max and then a min over the lanes equal to it found no lane when
+    the values were NaN: performance-log.md #42)."""
     canonical = tl.where(values != values, float("-inf"), values) + 0.0
     bits = canonical.to(tl.int32, bitcast=True)
     ordered = tl.where(available, bits ^ ((bits >> 31) & 0x7FFFFFFF), UNAVAILABLE)
