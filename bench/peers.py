@@ -16,6 +16,10 @@ Systems (env SYSTEMS restricts, comma separated):
   megablocks    MegaBlocks dMoE experts (ParallelDroplessMLP, GLU + SiLU, grouped impl),
                 when importable (bench/setup_peers.sh builds it from sdists in .peers/src).
   triton_kernels  OpenAI's triton_kernels matmul_ogs, when importable.
+  read          not a peer: one plain read of each memory-bound cell's floor bytes
+                (the ceilings' read kernel over a buffer of that size, timed as the
+                systems are), what one streaming kernel takes for those bytes on the
+                card: below it no layer of two or more kernels can go.
 
 Timing: median of device events around each call, the L2 flushed before each call
 by reading 512 MB (a memset would leave dirty lines whose write-back the timed call
@@ -52,7 +56,7 @@ from model_shapes import routed_models
 DEV = "cuda"
 MODELS = routed_models()
 ALL_TOKENS = "1,4,16,64,128,256,512,1024,2048,8192"
-SYSTEMS = ["tmoe", "vllm", "grouped_mm", "eager", "megablocks", "triton_kernels"]
+SYSTEMS = ["tmoe", "vllm", "grouped_mm", "eager", "megablocks", "triton_kernels", "read"]
 # Why OpenAI's triton_kernels did not run (recorded in peers.json when it cannot be imported).
 TRITON_KERNELS_WHY = (
     "OpenAI's triton_kernels ships only inside the triton repository (python/triton_kernels, installed from git); "
@@ -150,13 +154,15 @@ def _read_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr, ITERS: tl.constexpr):
     tl.store(out_ptr + pid, tl.sum(acc))
 
 
+READ_BLOCK, READ_ITERS = 4096, 8
+
+
 def ceilings():
     n = 1024 ** 3  # 4 GiB of float32
     x = torch.randn(n, dtype=torch.float32, device=DEV)
-    BLOCK, ITERS = 4096, 8
-    grid = triton.cdiv(n, BLOCK * ITERS)
+    grid = triton.cdiv(n, READ_BLOCK * READ_ITERS)
     part = torch.empty(grid, dtype=torch.float32, device=DEV)
-    t_tri = triton.testing.do_bench(lambda: _read_kernel[(grid,)](x, part, n, BLOCK=BLOCK, ITERS=ITERS),
+    t_tri = triton.testing.do_bench(lambda: _read_kernel[(grid,)](x, part, n, BLOCK=READ_BLOCK, ITERS=READ_ITERS),
                                     warmup=20, rep=200, return_mode="median")
     t_sum = triton.testing.do_bench(lambda: x.sum(), warmup=20, rep=200, return_mode="median")
     read_bw = 4 * n / (min(t_tri, t_sum) * 1e-3)
@@ -571,7 +577,7 @@ def main():
             flops = 2 * T * k * 3 * H * I
             floor_ms = max(bytes_min / read_bw, flops / mm) * 1e3
             cases[T] = dict(x=x, logits=logits, tw=tw, ids=ids, active=active, rows=rows_idx, ref=ref,
-                            floor_ms=floor_ms)
+                            floor_ms=floor_ms, bytes=bytes_min if bytes_min / read_bw >= flops / mm else None)
 
         rk = dict(top_k=k, routing=m["routing"], renormalize=m.get("renormalize", False),
                   n_group=m.get("n_group", 1), topk_group=m.get("topk_group", 1),
@@ -686,6 +692,27 @@ def main():
             except Exception as e:
                 not_run.setdefault("megablocks/experts", f"{name}: {type(e).__name__}: {e}"[:300])
                 log(f"  megablocks failed on {name}: {e!r}"[:300])
+            torch.cuda.empty_cache()
+
+        if "read" in systems:
+            streamed = {T: c for T, c in cases.items() if c["bytes"]}
+            if streamed:
+                words = max(c["bytes"] for c in streamed.values()) // 4
+                buf = torch.zeros(words, dtype=torch.float32, device=DEV)
+                for T, c in streamed.items():
+                    n = c["bytes"] // 4
+                    # The ceilings' shape (8 blocks a program) trails at a few MB; one block a
+                    # program (as tmoe bench's flush) does better there: the faster counts.
+                    timed = []
+                    for iters in (1, READ_ITERS):
+                        grid = triton.cdiv(n, READ_BLOCK * iters)
+                        part = torch.empty(grid, dtype=torch.float32, device=DEV)
+                        read = lambda: _read_kernel[(grid,)](buf, part, n, BLOCK=READ_BLOCK, ITERS=iters)  # noqa: E731
+                        timed.append(measure(read, True) + (iters,))
+                    ms, how, iters = min(timed)
+                    add(name, T, "read", "bytes", ms, 0.0, c["floor_ms"], timing=how, bytes=c["bytes"],
+                        blocks_per_program=iters)
+                del buf
             torch.cuda.empty_cache()
 
         del w13, w2, cases

@@ -28,6 +28,7 @@ STYLE = {  # (system, mode): (label, color, linestyle)
     ("eager", "experts"): ("PyTorch eager", "tab:gray", "--"),
     ("megablocks", "experts"): ("MegaBlocks dMoE", "tab:purple", "--"),
     ("triton_kernels", "experts"): ("triton_kernels matmul_ogs", "tab:orange", "--"),
+    ("read", "bytes"): ("one plain read of the floor's bytes", "tab:brown", ":"),
 }
 
 
@@ -50,6 +51,12 @@ def models_of(by):
 def best_peer(cell):
     peers = [r for (s, md), r in cell.items() if s != "tmoe" and md == "experts" and r.get("ms")]
     return min(peers, key=lambda r: r["ms"]) if peers else None
+
+
+def read_pct(cell):
+    """% of the floor that one plain read of the floor's bytes reaches (None where not run)."""
+    r = cell.get(("read", "bytes"))
+    return 100.0 * next(iter(cell.values()))["floor_ms"] / r["ms"] if r and r.get("ms") else None
 
 
 def plots(data, d):
@@ -179,8 +186,9 @@ def section(data, d):
         lines.append(f"Not run: **{key}**: {why}")
     lines.append("")
     lines.append("ratio = tritonmoe experts ms / best peer experts ms (above 1: tritonmoe slower). % floor of "
-                 "tritonmoe layer and experts. Plots: `time_vs_T.png`, `ratio_to_best_peer.png`, "
-                 "`pct_of_floor.png`.")
+                 "tritonmoe layer and experts; read % floor: one plain read of the floor's bytes (system `read`, "
+                 "not a peer; memory-bound cells, where the run has it), what one streaming kernel reaches at "
+                 "that size. Plots: `time_vs_T.png`, `ratio_to_best_peer.png`, `pct_of_floor.png`.")
     for m in models_of(by):
         ratios = []
         for T in sorted(by[m]):
@@ -196,8 +204,8 @@ def section(data, d):
                        f"{hi[2]}); at or below 1 at T = {', '.join(map(str, wins)) or 'none'}.")
         lines += ["", f"### {m} (peers)", "", summary, "",
                   "| T | floor ms | tmoe layer ms | tmoe experts ms | best peer (experts) | peer ms | ratio | "
-                  "vLLM layer ms | tmoe layer % floor | tmoe experts % floor |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "vLLM layer ms | tmoe layer % floor | tmoe experts % floor | read % floor |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for T in sorted(by[m]):
             c = by[m][T]
             floor = next(iter(c.values()))["floor_ms"]
@@ -208,7 +216,7 @@ def section(data, d):
             lines.append(
                 f"| {T} | {fmt(floor)} | {fmt(tl and tl['ms'])} | {fmt(te and te['ms'])} | "
                 f"{bp['system'] if bp else '-'} | {fmt(bp and bp['ms'])} | {fmt(ratio, 2)} | {fmt(vl and vl['ms'])} | "
-                f"{fmt(tl and tl['pct_floor'], 0)} | {fmt(te and te['pct_floor'], 0)} |")
+                f"{fmt(tl and tl['pct_floor'], 0)} | {fmt(te and te['pct_floor'], 0)} | {fmt(read_pct(c), 0)} |")
     lines += ["", END]
     return "\n".join(lines) + "\n"
 
@@ -269,13 +277,16 @@ def targets_section(data, d):
     def pct_text(c, mode):
         return "not measured" if pct(c, mode) is None else f"{pct(c, mode):.0f}"
 
+    def read_text(c):
+        return "" if read_pct(c) is None else f"; one plain read of its bytes {read_pct(c):.0f}"
+
     floor_misses, floor_met = [], 0
     for m, T, c in cells:
         if 1 < T <= FLOOR_MAX_T:
             low = [f"{mode} {pct_text(c, mode)}" for mode in ("experts", "layer")
                    if pct(c, mode) is None or pct(c, mode) < FLOOR_PCT]
             if low:
-                floor_misses.append(f"{m} T = {T} ({', '.join(low)})")
+                floor_misses.append(f"{m} T = {T} ({', '.join(low)}{read_text(c)})")
             else:
                 floor_met += 1
     floor_row = (f"met in {floor_met} of {floor_met + len(floor_misses)} cells with 1 < T <= {FLOOR_MAX_T} (T = 1: "
@@ -286,7 +297,8 @@ def targets_section(data, d):
         c = by[m].get(1)
         if c:
             met = all(pct(c, mode) is not None and pct(c, mode) >= DECODE_PCT[mode] for mode in DECODE_PCT)
-            decode.append(f"{m} {pct_text(c, 'experts')} / {pct_text(c, 'layer')} ({'met' if met else 'not'})")
+            decode.append(f"{m} {pct_text(c, 'experts')} / {pct_text(c, 'layer')} ({'met' if met else 'not'}"
+                          f"{read_text(c)})")
 
     prefill = []
     for m, T, c in cells:
