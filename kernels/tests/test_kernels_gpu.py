@@ -257,8 +257,9 @@ def moe_forward(launcher, x, w13, w2, block_m, logits=None, routing=None, ids=No
 # ----------------------------------------------------------------------------- float64 references
 
 def stable_topk(scores, k):
-    """Indices of the k largest per row, ties to the lower index, best first."""
-    return torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., :k]
+    """Indices of the k largest per row, ties to the lower index, best first; NaN ranks as -inf (tmoe.h)."""
+    ranked = torch.where(scores.isnan(), -math.inf, scores)
+    return torch.sort(ranked, dim=-1, descending=True, stable=True).indices[..., :k]
 
 
 def route_reference(logits, routing):
@@ -270,7 +271,7 @@ def route_reference(logits, routing):
         selection = scores + (routing["bias"].double() if routing.get("bias") is not None else 0)
         T, E = x.shape
         groups = selection.view(T, routing["n_group"], -1)
-        best2 = torch.sort(groups, dim=-1, descending=True).values[..., :2].sum(-1)
+        best2 = torch.sort(torch.where(groups.isnan(), -math.inf, groups), dim=-1, descending=True).values[..., :2].sum(-1)
         group_score = best2 if groups.shape[-1] > 1 else groups[..., 0]
         kept = torch.zeros_like(group_score, dtype=torch.bool)
         kept.scatter_(1, stable_topk(group_score, routing["topk_group"]), True)
@@ -284,8 +285,9 @@ def route_reference(logits, routing):
         probs = torch.softmax(x, -1)
         selection = x if mode == "topk_softmax" else probs
         ids = stable_topk(selection, k)
-        weights = probs.gather(1, ids)
-        if routing.get("renormalize") or mode == "topk_softmax":
+        # topk_softmax: a softmax over the chosen logits (an unchosen NaN logit stays out of it).
+        weights = torch.softmax(x.gather(1, ids), -1) if mode == "topk_softmax" else probs.gather(1, ids)
+        if routing.get("renormalize") and mode != "topk_softmax":
             weights = weights / weights.sum(-1, keepdim=True)
     return ids, weights, selection
 
@@ -335,9 +337,11 @@ def check_route(launcher, name, logits, routing):
     picked = selection.gather(1, ids.clamp(0, logits.shape[1] - 1))
     near_tie = (picked - selection.gather(1, ref_ids)).abs().amax(1) <= 1e-6
     bad_ids = int((differ & ~near_tie).sum())
-    weight_error = float((weights.double() - ref_weights).abs()[~differ].max()) if (~differ).any() else 0.0
+    # NaN weights exactly where the reference has them (a NaN logit under softmax_topk), finite elsewhere.
+    finite = torch.isfinite(ref_weights) & ~differ[:, None]
+    weight_error = float((weights.double() - ref_weights).abs()[finite].max()) if finite.any() else 0.0
     ok = bad_ids == 0 and int(differ.sum()) <= max(1, logits.shape[0] // 100) and weight_error <= 2e-6 * max(
-        1.0, routing.get("scale", 1.0)) and bool(torch.isfinite(weights).all())
+        1.0, routing.get("scale", 1.0)) and torch.equal(torch.isfinite(weights), torch.isfinite(ref_weights))
     report(name, ok, f"rows differing {int(differ.sum())} (near ties {int((differ & near_tie).sum())}), "
            f"max weight error {weight_error:.1e}")
 
@@ -366,6 +370,14 @@ def test_route(launcher):
                          bias=torch.randint(-2, 3, (128, ), generator=g, device=DEVICE).float() / 8)):
         logits = torch.randint(-4, 5, (256, 128), generator=g, device=DEVICE).to(torch.bfloat16)
         check_route(launcher, f"route {routing['mode']} ties", logits, routing)
+    # A NaN logit in every third row ranks as -inf: k experts per row all the same.
+    for routing in (dict(mode="softmax_topk", k=8, renormalize=True), dict(mode="topk_softmax", k=4),
+                    dict(mode="sigmoid_grouped_topk", k=8, n_group=8, topk_group=4, renormalize=True, scale=2.5,
+                         bias=torch.randn(256, generator=g, device=DEVICE) * 0.1)):
+        E = 256 if routing["mode"] == "sigmoid_grouped_topk" else 128
+        logits = torch.randn(300, E, generator=g, device=DEVICE)
+        logits[torch.arange(0, 300, 3, device=DEVICE), torch.randint(0, E, (100, ), generator=g, device=DEVICE)] = math.nan
+        check_route(launcher, f"route {routing['mode']} NaN logits", logits, routing)
 
 
 def test_align(launcher):
