@@ -696,23 +696,27 @@ def main():
 
         if "read" in systems:
             streamed = {T: c for T, c in cases.items() if c["bytes"]}
-            if streamed:
-                words = max(c["bytes"] for c in streamed.values()) // 4
-                buf = torch.zeros(words, dtype=torch.float32, device=DEV)
-                for T, c in streamed.items():
-                    n = c["bytes"] // 4
-                    # The ceilings' shape (8 blocks a program) trails at a few MB; one block a
-                    # program (as tmoe bench's flush) does better there: the faster counts.
-                    timed = []
-                    for iters in (1, READ_ITERS):
-                        grid = triton.cdiv(n, READ_BLOCK * iters)
-                        part = torch.empty(grid, dtype=torch.float32, device=DEV)
-                        read = lambda: _read_kernel[(grid,)](buf, part, n, BLOCK=READ_BLOCK, ITERS=iters)  # noqa: E731
-                        timed.append(measure(read, True) + (iters,))
-                    ms, how, iters = min(timed)
-                    add(name, T, "read", "bytes", ms, 0.0, c["floor_ms"], timing=how, bytes=c["bytes"],
-                        blocks_per_program=iters)
-                del buf
+            buf = None
+            try:
+                buf = torch.zeros(max([c["bytes"] for c in streamed.values()] or [0]) // 4, dtype=torch.float32,
+                                  device=DEV)
+            except torch.OutOfMemoryError as e:
+                not_run.setdefault("read/bytes", f"{name}: {e}"[:200])
+                streamed = {}
+            for T, c in streamed.items():
+                n = c["bytes"] // 4
+                # The ceilings' shape (8 blocks a program) trails at a few MB; one block a
+                # program (as tmoe bench's flush) does better there: the faster counts.
+                timed = []
+                for iters in (1, READ_ITERS):
+                    grid = triton.cdiv(n, READ_BLOCK * iters)
+                    part = torch.empty(grid, dtype=torch.float32, device=DEV)
+                    read = lambda: _read_kernel[(grid,)](buf, part, n, BLOCK=READ_BLOCK, ITERS=iters)  # noqa: E731
+                    timed.append(measure(read, True) + (iters,))
+                ms, how, iters = min(timed)
+                add(name, T, "read", "bytes", ms, 0.0, c["floor_ms"], timing=how, bytes=c["bytes"],
+                    blocks_per_program=iters)
+            del buf
             torch.cuda.empty_cache()
 
         del w13, w2, cases
