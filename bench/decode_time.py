@@ -125,7 +125,8 @@ def cell(model, E, H, I, k, T, w13, w2, g):
             run_down(down)
         pairs[(up, down)] = peers.replay_ms(both, REPS) * 1000
     best = min(pairs, key=pairs.get)
-    up_bytes, down_bytes = len(set(ids.flatten().tolist())) * 2 * I * H * 2, len(set(ids.flatten().tolist())) * H * I * 2
+    active = ids.unique().numel()
+    up_bytes, down_bytes = active * 2 * I * H * 2, active * H * I * 2
     print(f"{model} T={T} pair: best {name(best[0])} + {name(best[1])} {pairs[best]:.1f} us; read_through over "
           f"gate_up's {up_bytes / 1e6:.0f} MB {stream_us(up_bytes):.1f} us, down's {down_bytes / 1e6:.0f} MB "
           f"{stream_us(down_bytes):.1f} us, both {stream_us(up_bytes + down_bytes):.1f} us", flush=True)

@@ -256,10 +256,14 @@ def moe_forward(launcher, x, w13, w2, block_m, logits=None, routing=None, ids=No
 
 # ----------------------------------------------------------------------------- float64 references
 
+def rank_key(scores):
+    """The scores as every top-k ranks them: NaN as -inf (tmoe.h)."""
+    return torch.where(scores.isnan(), -math.inf, scores)
+
+
 def stable_topk(scores, k):
-    """Indices of the k largest per row, ties to the lower index, best first; NaN ranks as -inf (tmoe.h)."""
-    ranked = torch.where(scores.isnan(), -math.inf, scores)
-    return torch.sort(ranked, dim=-1, descending=True, stable=True).indices[..., :k]
+    """Indices of the k largest per row, ties to the lower index, best first."""
+    return torch.sort(rank_key(scores), dim=-1, descending=True, stable=True).indices[..., :k]
 
 
 def route_reference(logits, routing):
@@ -271,7 +275,7 @@ def route_reference(logits, routing):
         selection = scores + (routing["bias"].double() if routing.get("bias") is not None else 0)
         T, E = x.shape
         groups = selection.view(T, routing["n_group"], -1)
-        best2 = torch.sort(torch.where(groups.isnan(), -math.inf, groups), dim=-1, descending=True).values[..., :2].sum(-1)
+        best2 = torch.sort(rank_key(groups), dim=-1, descending=True).values[..., :2].sum(-1)
         group_score = best2 if groups.shape[-1] > 1 else groups[..., 0]
         kept = torch.zeros_like(group_score, dtype=torch.bool)
         kept.scatter_(1, stable_topk(group_score, routing["topk_group"]), True)
