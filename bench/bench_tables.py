@@ -33,8 +33,10 @@ def section(dirs):
              "    tmoe tune --tokens 1,2,4,8,16,32,64,128,256,512,1024,2048,4096,8192 --out tuned-table.json",
              f"    tmoe bench --backend gpu --model MODEL --tokens {tokens} --check-rows 8",
              "",
-             f"The run's table is `{rel}/tuned-table.json` and its sweep (winner beside the heuristic per T) "
-             f"`{rel}/tune.log`; `configs/<device>.json` holds the newest table. Timed: the full layer from random router logits (f32), bf16, median device time "
+             (f"The run's table is `{rel}/tuned-table.json` and its sweep (winner beside the heuristic per T) "
+              f"`{rel}/tune.log`; " if os.path.exists(os.path.join(d, "tuned-table.json")) else
+              "The run used the committed table (its sweeps are in the tune.log of the runs that tuned it); ") +
+             "`configs/<device>.json` holds the newest table. Timed: the full layer from random router logits (f32), bf16, median device time "
              "of CUDA-graph replays with the cache flushed before each by reading 512 MB (runs before 2026-11-27: by a memset, whose dirty lines the timed replay wrote back, performance-log.md #23). \"launches\": kernel launches per layer "
              "(`tmoe_moe_plan`); \"plan\": path and tiles, \"pdl\" where the kernels launch as programmatic dependents (performance-log.md #37). GB/s counts the active experts' weights once plus x, out "
              "and the logits; TFLOP/s counts 2·T·k·3·H·I (+ the shared expert). \"rel L2 err\": against the float64 "
