@@ -307,7 +307,14 @@ def targets_section(data, d):
                 prefill.append(f"{m} T = {T} not measured")
                 continue
             x = [ms(c, "vllm", mode) / ms(c, "tmoe", mode) for mode in ("experts", "layer")]
-            mark = " met" if min(x) >= PREFILL_SPEEDUP else (" (layer met)" if x[1] >= PREFILL_SPEEDUP else "")
+            notes = ["layer met"] if x[1] >= PREFILL_SPEEDUP > x[0] else []
+            if x[0] < PREFILL_SPEEDUP:
+                # What the experts-only target asks of tritonmoe, against the floor: above 100%,
+                # vLLM is too close to the floor for any system to be that much faster.
+                need = c[("tmoe", "experts")]["floor_ms"] / (ms(c, "vllm", "experts") / PREFILL_SPEEDUP) * 100
+                notes.append(f"experts at {PREFILL_SPEEDUP}x: {need:.0f}% of the floor, "
+                             + ("out of reach" if need > 100 else f"tritonmoe at {pct(c, 'experts'):.0f}%"))
+            mark = " met" if min(x) >= PREFILL_SPEEDUP else (f" ({'; '.join(notes)})" if notes else "")
             prefill.append(f"{m} T = {T} {x[0]:.2f}x / {x[1]:.2f}x{mark}")
 
     mm = meta["ceilings"]["mm_flops"]
