@@ -41,7 +41,7 @@ double normal_quantile(double p) {
 // disagree on a near-tie. Normal quantiles, not an even grid, so that the scores beside
 // deepseek-v3's correction bias spread as the peers harness's N(0, 1) logits do: over
 // an even grid of width 4 the top scores differed by less than the bias, which then
-// chose the experts (124 of 256 active at T = 1024 against about 195; performance-log.md #44).
+// chose the experts (124 of 256 active at T = 1024 against about 195; performance-log.md #45).
 std::vector<float> random_logits(int64_t T, int64_t E, uint64_t seed) {
   std::vector<float> logits(static_cast<size_t>(T * E));
   std::vector<double> grid(static_cast<size_t>(E));
