@@ -21,21 +21,19 @@ namespace {
 // first comparison.
 class TopK {
  public:
-  explicit TopK(int64_t capacity) : keys_(capacity), scores_(capacity), indices_(capacity) {}
+  explicit TopK(int64_t capacity) : scores_(capacity), indices_(capacity) {}
 
   void clear() { size_ = 0; }
 
   void offer(float score, int32_t index) {
-    const float key = std::isnan(score) ? -INFINITY : score;
-    const int64_t capacity = static_cast<int64_t>(keys_.size());
-    if (size_ == capacity && !(key > keys_[capacity - 1])) return;
+    const float key = rank_key(score);
+    const int64_t capacity = static_cast<int64_t>(scores_.size());
+    if (size_ == capacity && !(key > rank_key(scores_[capacity - 1]))) return;
     int64_t pos = size_ < capacity ? size_++ : capacity - 1;
-    for (; pos > 0 && key > keys_[pos - 1]; --pos) {
-      keys_[pos] = keys_[pos - 1];
+    for (; pos > 0 && key > rank_key(scores_[pos - 1]); --pos) {
       scores_[pos] = scores_[pos - 1];
       indices_[pos] = indices_[pos - 1];
     }
-    keys_[pos] = key;
     scores_[pos] = score;
     indices_[pos] = index;
   }
@@ -44,7 +42,9 @@ class TopK {
   int32_t index(int64_t rank) const { return indices_[rank]; }
 
  private:
-  std::vector<float> keys_;  // the scores as ranked
+  // A score as ranked.
+  static float rank_key(float score) { return std::isnan(score) ? -INFINITY : score; }
+
   std::vector<float> scores_;
   std::vector<int32_t> indices_;
   int64_t size_ = 0;
