@@ -19,19 +19,9 @@ import triton.language as tl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "kernels" / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from kernels.route import SIGMOID_GROUPED_TOPK, TOPK_SOFTMAX, UNAVAILABLE  # noqa: E402
+from kernels.route import SIGMOID_GROUPED_TOPK, TOPK_SOFTMAX, argmax_lowest  # noqa: E402
 
 REPS = 20
-
-
-@triton.jit
-def argmax_rows(values, available, lanes, NONE: tl.constexpr):
-    """route.argmax_lowest along each row of [tokens, lanes]: [tokens]."""
-    canonical = tl.where(values != values, float("-inf"), values) + 0.0
-    bits = canonical.to(tl.int32, bitcast=True)
-    ordered = tl.where(available, bits ^ ((bits >> 31) & 0x7FFFFFFF), UNAVAILABLE)
-    best = tl.max(ordered.to(tl.int64) * 4294967296 + (NONE - lanes)[None, :].to(tl.int64), 1)
-    return tl.where((best >> 32) == UNAVAILABLE, NONE, NONE - (best & 0xFFFFFFFF).to(tl.int32))
 
 
 @triton.jit
@@ -42,7 +32,7 @@ def kept_groups_rows(selection, valid, lanes, E, n_group, topk_group, BLOCK_E: t
     group_score = tl.full(selection.shape, float("-inf"), tl.float32)  # column g holds group g
     for g in range(n_group):
         in_group = valid & (group_of == g)[None, :]
-        first = argmax_rows(selection, in_group, lanes, BLOCK_E)
+        first = argmax_lowest(selection, in_group, lanes[None, :], BLOCK_E, 1)
         best = tl.max(tl.where(in_group, selection, float("-inf")), 1)
         second = tl.max(tl.where(in_group & (lanes[None, :] != first[:, None]), selection, float("-inf")), 1)
         score = best + tl.where(group_size > 1, second, 0.0)
@@ -50,7 +40,7 @@ def kept_groups_rows(selection, valid, lanes, E, n_group, topk_group, BLOCK_E: t
     group_left = (lanes < n_group)[None, :] & valid
     kept = (lanes < 0)[None, :] & valid
     for _ in range(topk_group):
-        g = argmax_rows(group_score, group_left, lanes, BLOCK_E)
+        g = argmax_lowest(group_score, group_left, lanes[None, :], BLOCK_E, 1)
         group_left = group_left & (lanes[None, :] != g[:, None])
         kept = kept | (group_of[None, :] == g[:, None])
     return kept & valid
@@ -83,7 +73,7 @@ def route_count(logits, correction_bias, topk_ids, topk_weights, chunk_counts, s
             eligible = valid
         rank = tl.full([TOKENS, BLOCK_E], -1, tl.int32)
         for j in range(top_k):
-            chosen = argmax_rows(selection, eligible & (rank < 0), lanes, BLOCK_E)
+            chosen = argmax_lowest(selection, eligible & (rank < 0), lanes[None, :], BLOCK_E, 1)
             rank = tl.where(lanes[None, :] == chosen[:, None], j, rank)
         picked = (rank >= 0) & valid
         weights = tl.where(picked, weight_of, 0.0)
