@@ -53,10 +53,16 @@ def best_peer(cell):
     return min(peers, key=lambda r: r["ms"]) if peers else None
 
 
+def floor_ms(cell):
+    """The cell's floor as its first row gives it: one run's rows share it; rows appended
+    by another run (--append) carry that run's ceilings."""
+    return next(iter(cell.values()))["floor_ms"]
+
+
 def read_pct(cell):
     """% of the floor that one plain read of the floor's bytes reaches (None where not run)."""
     r = cell.get(("read", "bytes"))
-    return 100.0 * next(iter(cell.values()))["floor_ms"] / r["ms"] if r and r.get("ms") else None
+    return 100.0 * floor_ms(cell) / r["ms"] if r and r.get("ms") else None
 
 
 def plots(data, d):
@@ -108,7 +114,7 @@ def plots(data, d):
     fig, axes = grid("MoE layer time vs tokens (median ms, log-log)")
     for ax, m in zip(axes, models):
         Ts = plot_systems(ax, m, "ms")
-        ax.plot(Ts, [next(iter(by[m][T].values()))["floor_ms"] for T in Ts], color="black", ls=":", label="floor")
+        ax.plot(Ts, [floor_ms(by[m][T]) for T in Ts], color="black", ls=":", label="floor")
         ax.set_yscale("log")
         label_axes(ax, m, "ms")
     save(fig, axes, "time_vs_T.png")
@@ -208,7 +214,7 @@ def section(data, d):
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         for T in sorted(by[m]):
             c = by[m][T]
-            floor = next(iter(c.values()))["floor_ms"]
+            floor = floor_ms(c)
             tl, te = c.get(("tmoe", "layer")), c.get(("tmoe", "experts"))
             bp = best_peer(c)
             vl = c.get(("vllm", "layer"))
