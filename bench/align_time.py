@@ -1,4 +1,5 @@
-"""The small launches before the GEMMs, alone: align (align_count + align_scatter) on
+"""The small launches before the GEMMs, alone: align (align_count + align_scatter, and
+align_count_scatter: both in one launch) on
 routed ids of the benchmark models with one program per chunk and with the library's
 grid (docs/kernels.md), for the expert bucket (BLOCK_E) the library picks and the next
 one; and route for the same buckets. Each align result is checked exactly
@@ -21,8 +22,8 @@ import test_kernels_gpu as kt  # noqa: E402
 
 REPS = 20
 CASES = [  # model, E, k, (T, block_m) as the H100 table plans them
-    ("qwen3", 128, 8, [(16, 16), (64, 16), (128, 16), (256, 32), (512, 32), (2048, 128), (8192, 128)]),
-    ("deepseek", 256, 8, [(16, 16), (64, 32), (256, 32), (512, 32), (2048, 128)]),
+    ("qwen3", 128, 8, [(16, 16), (64, 16), (128, 16), (256, 32), (512, 32), (1024, 64), (2048, 128), (8192, 128)]),
+    ("deepseek", 256, 8, [(16, 16), (64, 32), (128, 32), (256, 32), (512, 32), (1024, 128), (2048, 128)]),
     ("gpt-oss", 128, 4, [(16, 16), (64, 16), (256, 32), (512, 64)]),
     ("mixtral", 8, 2, [(4, 16), (64, 32), (512, 128)]),
 ]
@@ -67,6 +68,17 @@ def main():
                                    E=E, block_m=block_m, capacity=capacity)
 
                     row.append(result(f"e{block_e} pair{name}", pair, out, ref))
+                if chunk == kt.matrix.ALIGN_CHUNKS[0]:
+                    out, capacity = outputs(S, E, block_m)
+                    programs = kt.align_programs(S, capacity, block_m, chunk, block_b, one_launch=True)
+
+                    def one_launch(out=out, capacity=capacity, programs=programs, variant=variant):
+                        jit.launch("align_count_scatter", variant, programs, topk_ids=ids,
+                                   expert_counts=out["counts"], expert_offsets=out["offsets"],
+                                   sorted_slots=out["sorted_slots"], block_expert=out["block_expert"],
+                                   num_slots=S, E=E, block_m=block_m, capacity=capacity)
+
+                    row.append(result(f"e{block_e} one/{programs}", one_launch, out, ref))
             logits = torch.randn(T, E, device="cuda")
             topk_ids, topk_weights = torch.empty(T, k, dtype=torch.int32, device="cuda"), torch.empty(
                 T, k, device="cuda")

@@ -16,6 +16,8 @@ import triton.language as tl
 
 from kernels.dependent_launch import wait_for_previous_kernel
 
+PADDING_ROWS = tl.constexpr(16)  # sentinel positions per block and step in align_count_scatter
+
 
 @triton.jit
 def chunk_ids(topk_ids, chunk, num_slots, CHUNK: tl.constexpr):
@@ -47,15 +49,47 @@ def align_scatter(topk_ids, chunk_counts, expert_counts, expert_offsets, sorted_
                   PDL: tl.constexpr):
     wait_for_previous_kernel(PDL)
     chunk = tl.program_id(0)
+    bins = tl.arange(0, BLOCK_E)
+    counts = tl.zeros([BLOCK_E], tl.int32)
+    counts_before = tl.zeros([BLOCK_E], tl.int32)  # slots of each expert in earlier chunks
+    for c in range(tl.cdiv(num_slots, CHUNK)):
+        row = tl.load(chunk_counts + c * E + bins, mask=bins < E, other=0)
+        counts += row
+        counts_before += tl.where(c < chunk, row, 0)
+    write_alignment(topk_ids, counts, counts_before, expert_counts, expert_offsets, sorted_slots, block_expert,
+                    num_slots, E, block_m, capacity, CHUNK, BLOCK_E, BLOCK_B, False)
+
+
+@triton.jit
+def align_count_scatter(topk_ids, expert_counts, expert_offsets, sorted_slots, block_expert, num_slots, E, block_m,
+                        capacity, CHUNK: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_B: tl.constexpr,
+                        PDL: tl.constexpr):
+    """align_count and align_scatter in one launch for few chunks: every program
+    histograms every chunk itself, and the sentinel goes only where no slot does."""
+    wait_for_previous_kernel(PDL)
+    chunk = tl.program_id(0)
+    counts = tl.zeros([BLOCK_E], tl.int32)
+    counts_before = tl.zeros([BLOCK_E], tl.int32)
+    for c in range(tl.cdiv(num_slots, CHUNK)):
+        _, is_slot, experts = chunk_ids(topk_ids, c, num_slots, CHUNK)
+        row = tl.histogram(experts, BLOCK_E, mask=is_slot)
+        counts += row
+        counts_before += tl.where(c < chunk, row, 0)
+    write_alignment(topk_ids, counts, counts_before, expert_counts, expert_offsets, sorted_slots, block_expert,
+                    num_slots, E, block_m, capacity, CHUNK, BLOCK_E, BLOCK_B, True)
+
+
+@triton.jit
+def write_alignment(topk_ids, counts, counts_before, expert_counts, expert_offsets, sorted_slots, block_expert,
+                    num_slots, E, block_m, capacity, CHUNK: tl.constexpr, BLOCK_E: tl.constexpr,
+                    BLOCK_B: tl.constexpr, FILL_PADDING: tl.constexpr):
+    """From the experts' slot counts (all chunks, and the chunks before this program's):
+    counts, offsets, this program's chunk of sorted_slots, its share of block_expert and,
+    with FILL_PADDING, the sentinel in its blocks' positions past their expert's slots."""
+    chunk = tl.program_id(0)
     num_chunks = tl.cdiv(num_slots, CHUNK)
     bins = tl.arange(0, BLOCK_E)
     is_expert = bins < E
-    counts = tl.zeros([BLOCK_E], tl.int32)
-    counts_before = tl.zeros([BLOCK_E], tl.int32)  # slots of each expert in earlier chunks
-    for c in range(num_chunks):
-        row = tl.load(chunk_counts + c * E + bins, mask=is_expert, other=0)
-        counts += row
-        counts_before += tl.where(c < chunk, row, 0)
     padded = (counts + block_m - 1) // block_m * block_m
     ends = tl.cumsum(padded, 0)
     starts = ends - padded
@@ -86,3 +120,11 @@ def align_scatter(topk_ids, chunk_counts, expert_counts, expert_offsets, sorted_
         ended = (ends[None, :] <= first_rows[:, None]) & is_expert[None, :]
         expert = tl.where(first_rows < padded_total, tl.sum(ended.to(tl.int32), 1), -1)
         tl.store(block_expert + blocks, expert, mask=blocks < num_blocks)
+        if FILL_PADDING:
+            # A block's slots end where its expert's do; every position after holds the sentinel.
+            slots_end = tl.where(expert >= 0, tl.gather(starts + counts, tl.maximum(expert, 0), 0), 0)
+            for row in range(0, block_m, PADDING_ROWS):
+                rows = row + tl.arange(0, PADDING_ROWS)
+                positions = first_rows[:, None] + rows[None, :]
+                padding = (positions >= slots_end[:, None]) & (rows < block_m)[None, :] & (blocks < num_blocks)[:, None]
+                tl.store(sorted_slots + positions, num_slots, mask=padding)

@@ -19,17 +19,16 @@ UNAVAILABLE = tl.constexpr(-2147483648)
 
 
 @triton.jit
-def argmax_lowest(values, available, lanes, NONE: tl.constexpr, AXIS: tl.constexpr = 0):
-    """Lane of the largest available value along AXIS (lanes broadcast against values),
-    the lowest lane among equals (NaN ranks as -inf and -0.0 as 0.0, as in the
-    reference); NONE if none is available. One
+def argmax_lowest(values, available, lanes, NONE: tl.constexpr):
+    """Lane of the largest available value, the lowest lane among equals (NaN ranks as
+    -inf and -0.0 as 0.0, as in the reference); NONE if none is available. One
     reduction over a key packing the value's bits, made order-preserving, above
     NONE - lane (a max and then a min over the lanes equal to it found no lane when
     the values were NaN: performance-log.md #42)."""
     canonical = tl.where(values != values, float("-inf"), values) + 0.0
     bits = canonical.to(tl.int32, bitcast=True)
     ordered = tl.where(available, bits ^ ((bits >> 31) & 0x7FFFFFFF), UNAVAILABLE)
-    best = tl.max(ordered.to(tl.int64) * 4294967296 + (NONE - lanes).to(tl.int64), AXIS)
+    best = tl.max(ordered.to(tl.int64) * 4294967296 + (NONE - lanes).to(tl.int64), 0)
     return tl.where((best >> 32) == UNAVAILABLE, NONE, NONE - (best & 0xFFFFFFFF).to(tl.int32))
 
 

@@ -34,6 +34,7 @@ TORCH_DTYPE = {"bf16": torch.bfloat16, "f16": torch.float16, "f32": torch.float3
 POINTEE = {"*bf16": torch.bfloat16, "*fp16": torch.float16, "*fp32": torch.float32, "*i32": torch.int32}
 MODES = {"softmax_topk": 0, "topk_softmax": 1, "sigmoid_grouped_topk": 2}
 FUNCTIONS = {"route": route.route, "align_count": align.align_count, "align_scatter": align.align_scatter,
+             "align_count_scatter": align.align_count_scatter,
              "gate_up_swiglu": gate_up_swiglu.gate_up_swiglu, "down": down_combine.down,
              "combine": down_combine.combine}
 RESULTS = []
@@ -176,25 +177,31 @@ def align_chunk(slots):
     return matrix.ALIGN_CHUNKS[0] if slots <= 16384 else matrix.ALIGN_CHUNKS[-1]
 
 
-def align_programs(slots, capacity, block_m, chunk, block_b):
-    """The library's align grid (docs/kernels.md): a program per chunk, and more to fill."""
-    return max(triton.cdiv(slots, chunk), triton.cdiv(capacity, chunk), triton.cdiv(capacity // block_m, block_b))
+def align_programs(slots, capacity, block_m, chunk, block_b, one_launch=False):
+    """The library's align grid (docs/kernels.md): a program per chunk, and more to fill
+    (in one launch the sentinel goes by blocks, with block_expert)."""
+    fills = [triton.cdiv(capacity // block_m, block_b)] + ([] if one_launch else [triton.cdiv(capacity, chunk)])
+    return max(triton.cdiv(slots, chunk), *fills)
 
 
-def run_align(launcher, ids, E, block_m, chunk):
+def run_align(launcher, ids, E, block_m, chunk, one_launch=False):
     slots = ids.numel()
     capacity = max_padded_slots(slots, E, block_m)
     num_chunks = triton.cdiv(slots, chunk)
     variant = f"c{chunk}_e{expert_bucket(E)}"
-    programs = align_programs(slots, capacity, block_m, chunk, launcher.constexprs("align_scatter", variant)["BLOCK_B"])
+    programs = align_programs(slots, capacity, block_m, chunk, launcher.constexprs("align_scatter", variant)["BLOCK_B"],
+                              one_launch)
     out = dict(counts=poisoned(E, torch.int32), offsets=poisoned(E + 1, torch.int32),
                sorted_slots=poisoned(capacity, torch.int32), block_expert=poisoned(capacity // block_m, torch.int32))
+    outputs = dict(expert_counts=out["counts"], expert_offsets=out["offsets"], sorted_slots=out["sorted_slots"],
+                   block_expert=out["block_expert"], num_slots=slots, E=E, block_m=block_m, capacity=capacity)
+    if one_launch:
+        launcher.launch("align_count_scatter", variant, programs, topk_ids=ids, **outputs)
+        return out
     chunk_counts = poisoned(num_chunks * E, torch.int32)
     launcher.launch("align_count", variant, programs, topk_ids=ids, chunk_counts=chunk_counts,
                     sorted_slots=out["sorted_slots"], num_slots=slots, E=E, capacity=capacity)
-    launcher.launch("align_scatter", variant, programs, topk_ids=ids, chunk_counts=chunk_counts,
-                    expert_counts=out["counts"], expert_offsets=out["offsets"], sorted_slots=out["sorted_slots"],
-                    block_expert=out["block_expert"], num_slots=slots, E=E, block_m=block_m, capacity=capacity)
+    launcher.launch("align_scatter", variant, programs, topk_ids=ids, chunk_counts=chunk_counts, **outputs)
     return out
 
 
@@ -398,11 +405,11 @@ def test_align(launcher):
             ids = torch.full((slots, ), E - 1, device=DEVICE)
         ids = ids.to(torch.int32)
         ref = align_reference(ids, E, block_m)
-        for chunk in matrix.ALIGN_CHUNKS:
-            got = run_align(launcher, ids, E, block_m, chunk)
+        for chunk, one_launch in [(chunk, False) for chunk in matrix.ALIGN_CHUNKS] + [(matrix.ALIGN_CHUNKS[0], True)]:
+            got = run_align(launcher, ids, E, block_m, chunk, one_launch)
             wrong = [key for key in ref if not torch.equal(got[key].long(), ref[key])]
-            report(f"align S={slots} E={E} block_m={block_m} {kind} chunk={chunk}", not wrong,
-                   "exact" if not wrong else f"differs in {wrong}")
+            report(f"align S={slots} E={E} block_m={block_m} {kind} chunk={chunk}{' one launch' if one_launch else ''}",
+                   not wrong, "exact" if not wrong else f"differs in {wrong}")
 
 
 PIPELINE_CASES = [  # T, H, I, E, k, dtype, block_m, routing (None: ids given), shared I (0: none)

@@ -189,6 +189,7 @@ def align_variants():
     scatter_types = dict(topk_ids="*i32", chunk_counts="*i32", expert_counts="*i32", expert_offsets="*i32",
                          sorted_slots="*i32", block_expert="*i32", num_slots="i32", E="i32", block_m="i32",
                          capacity="i32")
+    count_scatter_types = {arg: ty for arg, ty in scatter_types.items() if arg != "chunk_counts"}
     for chunk in ALIGN_CHUNKS:
         for block_e in EXPERT_BUCKETS:
             warps = 4 if chunk <= 256 else 8
@@ -196,9 +197,12 @@ def align_variants():
             yield Variant("align_count", "align", name, "i32", count_types,
                           same_on_all_backends(dict(LAYER_KERNEL, CHUNK=chunk, BLOCK_E=block_e), warps, 1))
             # BLOCK_B block_expert entries per step keep the [BLOCK_B, BLOCK_E] comparison at 4096 lanes.
+            scatter_constexprs = dict(LAYER_KERNEL, CHUNK=chunk, BLOCK_E=block_e, BLOCK_B=4096 // block_e)
             yield Variant("align_scatter", "align", name, "i32", scatter_types,
-                          same_on_all_backends(dict(LAYER_KERNEL, CHUNK=chunk, BLOCK_E=block_e,
-                                                    BLOCK_B=4096 // block_e), warps, 1))
+                          same_on_all_backends(scatter_constexprs, warps, 1))
+            if chunk == ALIGN_CHUNKS[0]:  # one launch for few chunks: every program counts them all
+                yield Variant("align_count_scatter", "align", name, "i32", count_scatter_types,
+                              same_on_all_backends(scatter_constexprs, warps, 1))
 
 
 def tile_configs(per_backend, constexprs):
