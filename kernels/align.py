@@ -9,6 +9,8 @@ fills below would otherwise loop (the host sizes the grid, performance-log.md #2
                  its own), derives counts and offsets, writes its chunk's slots (if
                  it has one) at their stable positions, and its share of
                  block_expert, BLOCK_B entries per step.
+align_count_scatter does both in one launch where the chunks are few (every program
+histograms them all; the sentinel goes only where no slot does, performance-log.md #48).
 No atomics: the output is a function of the ids alone.
 """
 import triton

@@ -22,6 +22,7 @@
 #include <fstream>
 #include <map>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -90,6 +91,14 @@ struct ExpectedLaunch {
   bool programmatic_dependent = false;
 };
 
+// The first expected launch of `kernel` (the routed GEMMs launch before the shared expert's).
+const ExpectedLaunch& launch_of(const std::vector<ExpectedLaunch>& launches, const std::string& kernel) {
+  for (const ExpectedLaunch& l : launches) {
+    if (l.entry->kernel == kernel) return l;
+  }
+  throw std::logic_error("no expected launch of " + kernel);
+}
+
 class GpuForwardFakeTest : public ::testing::TestWithParam<Api> {
  protected:
   void SetUp() override {
@@ -151,8 +160,8 @@ class GpuForwardFakeTest : public ::testing::TestWithParam<Api> {
   // The fake records each argument at its byte size: tell it each kernel's,
   // from the manifest (the variants of one kernel share their parameter list).
   void install_arg_sizes() {
-    for (const char* kernel : {"route", "align_count", "align_scatter", "gate_up_swiglu", "down", "combine",
-                               "decode_gate_up_swiglu", "decode_down_combine"}) {
+    for (const char* kernel : {"route", "align_count", "align_scatter", "align_count_scatter", "gate_up_swiglu", "down",
+                               "combine", "decode_gate_up_swiglu", "decode_down_combine"}) {
       const std::vector<const KernelEntry*> entries = bundle_->find(kernel, target());
       ASSERT_FALSE(entries.empty()) << kernel;
       const std::vector<int> sizes = arg_sizes(*entries.front());
@@ -434,41 +443,47 @@ class GpuForwardFakeTest : public ::testing::TestWithParam<Api> {
 
     std::string align_variant = "c";  // (built with += : GCC 12 warns falsely on "c" + std::string)
     align_variant += std::to_string(S <= 16384 ? 256 : 2048) + "_e" + std::to_string(e_bucket);
-    const KernelEntry* align_count = entry("align_count", align_variant);
-    const KernelEntry* align_scatter = entry("align_scatter", align_variant);
-    const int64_t chunk = constexpr_of(align_count, "CHUNK");
-    EXPECT_EQ(constexpr_of(align_scatter, "CHUNK"), chunk);
-    EXPECT_GE(constexpr_of(align_count, "BLOCK_E"), c.E);
+    const int64_t chunk = S <= 16384 ? 256 : 2048;
     const int64_t chunks = cdiv(S, chunk);
-    // Programs past the chunks only fill: each at most CHUNK sentinel positions and
-    // BLOCK_B block_expert entries.
+    // Up to two chunks, align_count_scatter alone; else the pair. Programs past the
+    // chunks only fill: each at most BLOCK_B block_expert entries (and, for the pair,
+    // CHUNK sentinel positions).
+    const bool one_align_launch = chunks <= 2;
+    const KernelEntry* align_scatter = entry(one_align_launch ? "align_count_scatter" : "align_scatter", align_variant);
+    EXPECT_EQ(constexpr_of(align_scatter, "CHUNK"), chunk);
+    EXPECT_GE(constexpr_of(align_scatter, "BLOCK_E"), c.E);
+    const int64_t block_programs = cdiv(m_blocks, constexpr_of(align_scatter, "BLOCK_B"));
     const int64_t align_programs =
-        std::max({chunks, cdiv(capacity, chunk), cdiv(m_blocks, constexpr_of(align_scatter, "BLOCK_B"))});
+        one_align_launch ? std::max(chunks, block_programs) : std::max({chunks, cdiv(capacity, chunk), block_programs});
 
     // Workspace buffers, sized by the doc's table.
-    const Want chunk_counts = buffer("chunk_counts", chunks * c.E * 4);
     const Want sorted_slots = buffer("sorted_slots", capacity * 4);
     const Want block_expert = buffer("block_expert", capacity / block_m * 4);
     const Want h = buffer("h", capacity * c.I * es);
     const Want y = direct ? ptr(l.out) : buffer("y", c.T * R * c.H * es);
-    launches.push_back({align_count, align_programs,
-                        {{"topk_ids", ids},
-                         {"chunk_counts", chunk_counts},
-                         {"sorted_slots", sorted_slots},
-                         {"num_slots", i32(S)},
-                         {"E", i32(c.E)},
-                         {"capacity", i32(capacity)}}});
-    launches.push_back({align_scatter, align_programs,
-                        {{"topk_ids", ids},
-                         {"chunk_counts", chunk_counts},
-                         {"expert_counts", buffer("expert_counts", c.E * 4)},
-                         {"expert_offsets", buffer("expert_offsets", (c.E + 1) * 4)},
-                         {"sorted_slots", sorted_slots},
-                         {"block_expert", block_expert},
-                         {"num_slots", i32(S)},
-                         {"E", i32(c.E)},
-                         {"block_m", i32(block_m)},
-                         {"capacity", i32(capacity)}}});
+    std::map<std::string, Want> alignment{{"topk_ids", ids},
+                                          {"expert_counts", buffer("expert_counts", c.E * 4)},
+                                          {"expert_offsets", buffer("expert_offsets", (c.E + 1) * 4)},
+                                          {"sorted_slots", sorted_slots},
+                                          {"block_expert", block_expert},
+                                          {"num_slots", i32(S)},
+                                          {"E", i32(c.E)},
+                                          {"block_m", i32(block_m)},
+                                          {"capacity", i32(capacity)}};
+    if (!one_align_launch) {
+      const KernelEntry* align_count = entry("align_count", align_variant);
+      EXPECT_EQ(constexpr_of(align_count, "CHUNK"), chunk);
+      const Want chunk_counts = buffer("chunk_counts", chunks * c.E * 4);
+      launches.push_back({align_count, align_programs,
+                          {{"topk_ids", ids},
+                           {"chunk_counts", chunk_counts},
+                           {"sorted_slots", sorted_slots},
+                           {"num_slots", i32(S)},
+                           {"E", i32(c.E)},
+                           {"capacity", i32(capacity)}}});
+      alignment.emplace("chunk_counts", chunk_counts);
+    }
+    launches.push_back({align_scatter, align_programs, alignment});
     launches.push_back({gate_up, gemm_grid(gate_up, m_blocks, c.I),
                         {{"x", ptr(l.x)},
                          {"w13", ptr(l.w13)},
@@ -737,15 +752,15 @@ TEST_P(GpuForwardFakeTest, RoutedFromLogitsWithSharedExpertLaunchesTheDocumented
   // S = 34, 34 / min(8, 34) = 4 rows per expert -> BLOCK_M 16, capacity = round_up(34 + 8 * 15, 16) = 160;
   // the dense GEMMs take BLOCK_M 64 from T = 17.
   ASSERT_EQ(variant_names(expected),
-            "route/f32_e64 align_count/c256_e64 align_scatter/c256_e64 " + routed("bf16", 16) +
+            "route/f32_e64 align_count_scatter/c256_e64 " + routed("bf16", 16) +
                 " gate_up_swiglu/bf16_dense_m64_t0_div16 down/bf16_dense_m64_t0_div16 "
             "combine/bf16_div16");
-  EXPECT_EQ(expected[1].args.at("capacity").value, 160u);
-  EXPECT_EQ(expected[7].grid, 17);  // T * cdiv(256, BLOCK_H) with BLOCK_H >= 256
+  EXPECT_EQ(launch_of(expected, "align_count_scatter").args.at("capacity").value, 160u);
+  EXPECT_EQ(launch_of(expected, "combine").grid, 17);  // T * cdiv(256, BLOCK_H) with BLOCK_H >= 256
 
   ASSERT_EQ(forward(l), TMOE_SUCCESS) << tmoe_last_error();
   EXPECT_STREQ(tmoe_last_error(), "");
-  EXPECT_EQ(fake().stats().load_calls, 8);  // one module per variant used
+  EXPECT_EQ(fake().stats().load_calls, 7);  // one module per variant used
   check_launches(l, expected);
 
   // A second call reloads nothing and launches exactly the same again.
@@ -804,8 +819,8 @@ TEST_P(GpuForwardFakeTest, SingleExpertWithoutSharedExpertWritesOutDirectly) {
   Layer l = make_layer({"k1_direct", 17, 8, 1, 256, 128, 0});
   const std::vector<ExpectedLaunch> expected = expected_launches(l);
   ASSERT_EQ(variant_names(expected),
-            "route/f32_e64 align_count/c256_e64 align_scatter/c256_e64 " + routed("bf16", 16));
-  EXPECT_EQ(expected[4].args.at("y").value, address(l.out));
+            "route/f32_e64 align_count_scatter/c256_e64 " + routed("bf16", 16));
+  EXPECT_EQ(launch_of(expected, "down").args.at("y").value, address(l.out));
   ASSERT_EQ(forward(l), TMOE_SUCCESS) << tmoe_last_error();
   check_launches(l, expected);  // no combine: 5 launches
 }
@@ -836,7 +851,7 @@ TEST_P(GpuForwardFakeTest, OneUnalignedTokenStaysOnTheSortedPath) {
   Layer l = make_layer({"decode_unaligned", 1, 8, 2, 256, 128, 0, TMOE_DTYPE_BF16, TMOE_DTYPE_F32, 2});
   const std::vector<ExpectedLaunch> expected = expected_launches(l);
   ASSERT_EQ(variant_names(expected),
-            "route/f32_e64 align_count/c256_e64 align_scatter/c256_e64 gate_up_swiglu/bf16_routed_m32_any "
+            "route/f32_e64 align_count_scatter/c256_e64 gate_up_swiglu/bf16_routed_m32_any "
             "down/bf16_routed_m32_any combine/bf16_div16");
   ASSERT_EQ(forward(l), TMOE_SUCCESS) << tmoe_last_error();
   check_launches(l, expected);
@@ -847,9 +862,9 @@ TEST_P(GpuForwardFakeTest, OddHiddenSizePicksTheAnyVariants) {
   Layer l = make_layer({"odd_h", 17, 8, 2, 33, 128, 64});
   const std::vector<ExpectedLaunch> expected = expected_launches(l);
   ASSERT_EQ(variant_names(expected),
-            "route/f32_e64 align_count/c256_e64 align_scatter/c256_e64 gate_up_swiglu/bf16_routed_m32_any "
+            "route/f32_e64 align_count_scatter/c256_e64 gate_up_swiglu/bf16_routed_m32_any "
             "down/bf16_routed_m32_any gate_up_swiglu/bf16_dense_m32_any down/bf16_dense_m32_any combine/bf16_any");
-  EXPECT_EQ(expected[1].args.at("capacity").value, 288u);  // round_up(34 + 8 * 31, 32)
+  EXPECT_EQ(launch_of(expected, "align_count_scatter").args.at("capacity").value, 288u);  // round_up(34 + 8 * 31, 32)
   ASSERT_EQ(forward(l), TMOE_SUCCESS) << tmoe_last_error();
   check_launches(l, expected);
 }
@@ -863,15 +878,15 @@ TEST_P(GpuForwardFakeTest, VariantsFollowDtypesAlignmentAndShapes) {
   const Variation variations[] = {
       // f16 activations, bf16 logits: route by the logits' dtype, the rest by the activations'.
       {{"f16_bf16_logits", 17, 8, 2, 256, 128, 64, TMOE_DTYPE_F16, TMOE_DTYPE_BF16},
-       "route/bf16_e64 align_count/c256_e64 align_scatter/c256_e64 " + routed("f16", 16) +
+       "route/bf16_e64 align_count_scatter/c256_e64 " + routed("f16", 16) +
            " gate_up_swiglu/f16_dense_m64_t0_div16 down/f16_dense_m64_t0_div16 combine/f16_div16"},
       // x 2 bytes past 16-byte alignment: every GEMM unhinted; combine reads y and out only.
       {{"x_unaligned", 17, 8, 2, 256, 128, 64, TMOE_DTYPE_BF16, TMOE_DTYPE_F32, 2},
-       "route/f32_e64 align_count/c256_e64 align_scatter/c256_e64 gate_up_swiglu/bf16_routed_m32_any "
+       "route/f32_e64 align_count_scatter/c256_e64 gate_up_swiglu/bf16_routed_m32_any "
        "down/bf16_routed_m32_any gate_up_swiglu/bf16_dense_m32_any down/bf16_dense_m32_any combine/bf16_div16"},
       // Is = 40: only the shared expert's GEMMs lose the hint.
       {{"odd_shared_I", 17, 8, 2, 256, 128, 40},
-       "route/f32_e64 align_count/c256_e64 align_scatter/c256_e64 " + routed("bf16", 16) +
+       "route/f32_e64 align_count_scatter/c256_e64 " + routed("bf16", 16) +
            " gate_up_swiglu/bf16_dense_m32_any down/bf16_dense_m32_any combine/bf16_div16"},
       // E = 100: the 128-expert buckets; S = 1200, 12 rows per expert.
       {{"e100", 300, 100, 4, 64, 32, 0},
@@ -883,7 +898,7 @@ TEST_P(GpuForwardFakeTest, VariantsFollowDtypesAlignmentAndShapes) {
            " combine/bf16_div16"},
       // E = 1000: the largest bucket.
       {{"e1000", 64, 1000, 2, 32, 16, 0},
-       "route/f32_e1024 align_count/c256_e1024 align_scatter/c256_e1024 " + routed("bf16", 16) +
+       "route/f32_e1024 align_count_scatter/c256_e1024 " + routed("bf16", 16) +
            " combine/bf16_div16"},
       // 500 rows per expert: BLOCK_M 128; the dense rule's m128 from T = 2000 would run
       // 16 programs, under half the multiprocessors: m64.
@@ -920,7 +935,7 @@ TEST_P(GpuForwardFakeTest, GivenIdsSkipRouteAndAreCheckedUnlessTrusted) {
   Layer l = make_layer(c);
   const std::vector<ExpectedLaunch> expected = expected_launches(l);
   ASSERT_EQ(variant_names(expected),
-            "align_count/c256_e64 align_scatter/c256_e64 " + routed("bf16", 16) +
+            "align_count_scatter/c256_e64 " + routed("bf16", 16) +
                 " gate_up_swiglu/bf16_dense_m64_t0_div16 down/bf16_dense_m64_t0_div16 "
             "combine/bf16_div16");
   ASSERT_EQ(forward(l), TMOE_SUCCESS) << tmoe_last_error();
@@ -1008,13 +1023,14 @@ TEST_P(GpuForwardFakeTest, TmaDownTileGetsItsScratchFromTheWorkspace) {
   OPEN_CONTEXT_OR_RETURN();
   Layer l = make_layer(c);
   const std::vector<ExpectedLaunch> expected = expected_launches(l, tuned);
-  const KernelEntry* down = expected[4].entry;
+  const ExpectedLaunch& routed_down = launch_of(expected, "down");
+  const KernelEntry* down = routed_down.entry;
   ASSERT_EQ(down->variant, "bf16_routed_m128_t5_div16");
   EXPECT_EQ(constexpr_of(down, "TMA"), 1);
   if (cuda()) {
     EXPECT_GT(down->global_scratch_size, 0u) << "sm_90 builds the descriptors on the device";
   }
-  forward_in_sized_workspace(l, expected, down->global_scratch_size * expected[4].grid);
+  forward_in_sized_workspace(l, expected, down->global_scratch_size * routed_down.grid);
   std::remove(table.c_str());
 }
 
@@ -1027,13 +1043,15 @@ TEST_P(GpuForwardFakeTest, PersistentTilesCapTheirGrids) {
   OPEN_CONTEXT_OR_RETURN();
   Layer l = make_layer(c);
   const std::vector<ExpectedLaunch> expected = expected_launches(l, tuned);
-  for (const ExpectedLaunch& gemm : {expected[3], expected[4]}) {
+  const ExpectedLaunch& gate_up = launch_of(expected, "gate_up_swiglu");
+  const ExpectedLaunch& down = launch_of(expected, "down");
+  for (const ExpectedLaunch& gemm : {gate_up, down}) {
     ASSERT_EQ(gemm.entry->variant, "bf16_routed_m128_t7_div16") << gemm.entry->kernel;
     EXPECT_EQ(constexpr_of(gemm.entry, "PERSISTENT"), 1) << gemm.entry->kernel;
     EXPECT_EQ(gemm.grid, fake_multiprocessors()) << gemm.entry->kernel << ": more tiles than multiprocessors";
   }
   const uint64_t scratch_per_program =
-      std::max(expected[3].entry->global_scratch_size, expected[4].entry->global_scratch_size);
+      std::max(gate_up.entry->global_scratch_size, down.entry->global_scratch_size);
   forward_in_sized_workspace(l, expected, scratch_per_program * fake_multiprocessors());
   std::remove(table.c_str());
 }
@@ -1046,8 +1064,8 @@ TEST_P(GpuForwardFakeTest, TunedBlockM32RunsItsHintedTile) {
   OPEN_CONTEXT_OR_RETURN();
   Layer l = make_layer(kMain);
   const std::vector<ExpectedLaunch> expected = expected_launches(l, tuned);
-  EXPECT_EQ(expected[3].entry->variant, "bf16_routed_m32_t0_div16");
-  EXPECT_EQ(expected[4].entry->variant, "bf16_routed_m32_t0_div16");
+  EXPECT_EQ(launch_of(expected, "gate_up_swiglu").entry->variant, "bf16_routed_m32_t0_div16");
+  EXPECT_EQ(launch_of(expected, "down").entry->variant, "bf16_routed_m32_t0_div16");
   ASSERT_EQ(forward(l), TMOE_SUCCESS) << tmoe_last_error();
   check_launches(l, expected);
   std::remove(table.c_str());

@@ -447,15 +447,22 @@ class GpuBackend final : public gpu::TunableBackend {
     const int64_t chunk = q.S <= 16384 ? 256 : 2048;
     q.chunks = cdiv(q.S, chunk);
     const std::string align_variant = std::string("c") + std::to_string(chunk) + "_e" + std::to_string(e_bucket);
-    TMOE_RETURN_IF_ERROR(select("align_count", align_variant, &q.align_count.entry));
-    TMOE_RETURN_IF_ERROR(select("align_scatter", align_variant, &q.align_scatter.entry));
     // A program per chunk, and more where one would loop over the sentinel fill (CHUNK
     // positions a step) or block_expert (BLOCK_B entries a step): at S = 128, m16, one
     // program filled 2048 positions, 10.3 us for both launches against 5.6 with eight
-    // (performance-log.md #28).
-    const int64_t fill_programs = std::max(cdiv(q.capacity, chunk),
-                                           cdiv(q.capacity / block_m, q.align_scatter.entry->constexpr_or("BLOCK_B", 1)));
-    q.align_count.programs = q.align_scatter.programs = std::max(q.chunks, fill_programs);
+    // (performance-log.md #28). Up to two chunks, one launch where every program counts
+    // them all is ~1 us faster than the pair; from four it is slower (#48).
+    if (q.chunks <= 2) {
+      TMOE_RETURN_IF_ERROR(select("align_count_scatter", align_variant, &q.align_scatter.entry));
+      q.align_scatter.programs =
+          std::max(q.chunks, cdiv(q.capacity / block_m, q.align_scatter.entry->constexpr_or("BLOCK_B", 1)));
+    } else {
+      TMOE_RETURN_IF_ERROR(select("align_count", align_variant, &q.align_count.entry));
+      TMOE_RETURN_IF_ERROR(select("align_scatter", align_variant, &q.align_scatter.entry));
+      const int64_t fill_programs = std::max(
+          cdiv(q.capacity, chunk), cdiv(q.capacity / block_m, q.align_scatter.entry->constexpr_or("BLOCK_B", 1)));
+      q.align_count.programs = q.align_scatter.programs = std::max(q.chunks, fill_programs);
+    }
     const std::string gate_up = gemm_variant(act, "routed", block_m, hints.routed, q.choice.gate_up_tile);
     const std::string down = gemm_variant(act, "routed", block_m, hints.routed, q.choice.down_tile);
     TMOE_RETURN_IF_ERROR(select("gate_up_swiglu", gate_up, &q.gate_up.entry));
@@ -479,7 +486,7 @@ class GpuBackend final : public gpu::TunableBackend {
     const size_t esize = dtype_size(p.dtype);
     WorkspaceLayout& w = q.ws;
     layout_routing(p, &q);
-    w.chunk_counts = w.add(q.chunks * p.E * 4);
+    if (q.align_count) w.chunk_counts = w.add(q.chunks * p.E * 4);
     w.expert_counts = w.add(p.E * 4);
     w.expert_offsets = w.add((p.E + 1) * 4);
     w.sorted_slots = w.add(q.capacity * 4);
@@ -592,26 +599,27 @@ class GpuBackend final : public gpu::TunableBackend {
     const gpu::DeviceAddress weights = routing_weights(p, q, ws);
     const gpu::DeviceAddress null{0};
     TMOE_RETURN_IF_ERROR(enqueue_route(p, q, ws, stream));
-    TMOE_RETURN_IF_ERROR(launch(q.align_count,
-                                {{"topk_ids", ids},
-                                 {"chunk_counts", at(q.ws.chunk_counts)},
-                                 {"sorted_slots", at(q.ws.sorted_slots)},
-                                 {"num_slots", i32(q.S)},
-                                 {"E", i32(p.E)},
-                                 {"capacity", i32(q.capacity)}},
-                                q, ws, stream));
-    TMOE_RETURN_IF_ERROR(launch(q.align_scatter,
-                                {{"topk_ids", ids},
-                                 {"chunk_counts", at(q.ws.chunk_counts)},
-                                 {"expert_counts", at(q.ws.expert_counts)},
-                                 {"expert_offsets", at(q.ws.expert_offsets)},
-                                 {"sorted_slots", at(q.ws.sorted_slots)},
-                                 {"block_expert", at(q.ws.block_expert)},
-                                 {"num_slots", i32(q.S)},
-                                 {"E", i32(p.E)},
-                                 {"block_m", i32(q.choice.block_m)},
-                                 {"capacity", i32(q.capacity)}},
-                                q, ws, stream));
+    ArgMap alignment{{"topk_ids", ids},
+                     {"expert_counts", at(q.ws.expert_counts)},
+                     {"expert_offsets", at(q.ws.expert_offsets)},
+                     {"sorted_slots", at(q.ws.sorted_slots)},
+                     {"block_expert", at(q.ws.block_expert)},
+                     {"num_slots", i32(q.S)},
+                     {"E", i32(p.E)},
+                     {"block_m", i32(q.choice.block_m)},
+                     {"capacity", i32(q.capacity)}};
+    if (q.align_count) {  // else align_scatter's step is align_count_scatter, which counts itself
+      TMOE_RETURN_IF_ERROR(launch(q.align_count,
+                                  {{"topk_ids", ids},
+                                   {"chunk_counts", at(q.ws.chunk_counts)},
+                                   {"sorted_slots", at(q.ws.sorted_slots)},
+                                   {"num_slots", i32(q.S)},
+                                   {"E", i32(p.E)},
+                                   {"capacity", i32(q.capacity)}},
+                                  q, ws, stream));
+      alignment.emplace("chunk_counts", at(q.ws.chunk_counts));
+    }
+    TMOE_RETURN_IF_ERROR(launch(q.align_scatter, alignment, q, ws, stream));
     TMOE_RETURN_IF_ERROR(launch(q.gate_up,
                                 {{"x", device_address(p.x)},
                                  {"w13", device_address(p.w13)},
