@@ -104,7 +104,8 @@ struct Plan {
   int64_t capacity = 0;   // sorted path: padded slots for the worst routing
   int64_t chunks = 0;     // sorted path: align programs
   Step route, decode_gate_up, decode_shared_gate_up, decode_down;
-  Step align_count, align_scatter, gate_up, down, shared_gate_up, shared_down, combine;
+  // align: align_scatter after align_count, or align_count_scatter alone (no align_count).
+  Step align_count, align, gate_up, down, shared_gate_up, shared_down, combine;
   WorkspaceLayout ws;
 
   // Sorted path with one row of y per token: down writes out, no combine.
@@ -112,7 +113,7 @@ struct Plan {
 
   std::vector<Step> launches() const {
     std::vector<Step> all;
-    for (const Step& s : {route, align_count, align_scatter, gate_up, down, shared_gate_up, shared_down, combine,
+    for (const Step& s : {route, align_count, align, gate_up, down, shared_gate_up, shared_down, combine,
                           decode_gate_up, decode_shared_gate_up, decode_down}) {
       if (s) all.push_back(s);
     }
@@ -451,17 +452,17 @@ class GpuBackend final : public gpu::TunableBackend {
     // positions a step) or block_expert (BLOCK_B entries a step): at S = 128, m16, one
     // program filled 2048 positions, 10.3 us for both launches against 5.6 with eight
     // (performance-log.md #28). Up to two chunks, one launch where every program counts
-    // them all is ~1 us faster than the pair; from four it is slower (#48).
+    // them all: on an H100 0.6-1.2 us under the pair alone, ~0.5 us in the layer; not
+    // faster from four chunks, slower from eight (#48).
     if (q.chunks <= 2) {
-      TMOE_RETURN_IF_ERROR(select("align_count_scatter", align_variant, &q.align_scatter.entry));
-      q.align_scatter.programs =
-          std::max(q.chunks, cdiv(q.capacity / block_m, q.align_scatter.entry->constexpr_or("BLOCK_B", 1)));
+      TMOE_RETURN_IF_ERROR(select("align_count_scatter", align_variant, &q.align.entry));
+      q.align.programs = std::max(q.chunks, cdiv(q.capacity / block_m, q.align.entry->constexpr_or("BLOCK_B", 1)));
     } else {
       TMOE_RETURN_IF_ERROR(select("align_count", align_variant, &q.align_count.entry));
-      TMOE_RETURN_IF_ERROR(select("align_scatter", align_variant, &q.align_scatter.entry));
-      const int64_t fill_programs = std::max(
-          cdiv(q.capacity, chunk), cdiv(q.capacity / block_m, q.align_scatter.entry->constexpr_or("BLOCK_B", 1)));
-      q.align_count.programs = q.align_scatter.programs = std::max(q.chunks, fill_programs);
+      TMOE_RETURN_IF_ERROR(select("align_scatter", align_variant, &q.align.entry));
+      const int64_t fill_programs =
+          std::max(cdiv(q.capacity, chunk), cdiv(q.capacity / block_m, q.align.entry->constexpr_or("BLOCK_B", 1)));
+      q.align_count.programs = q.align.programs = std::max(q.chunks, fill_programs);
     }
     const std::string gate_up = gemm_variant(act, "routed", block_m, hints.routed, q.choice.gate_up_tile);
     const std::string down = gemm_variant(act, "routed", block_m, hints.routed, q.choice.down_tile);
@@ -608,7 +609,7 @@ class GpuBackend final : public gpu::TunableBackend {
                      {"E", i32(p.E)},
                      {"block_m", i32(q.choice.block_m)},
                      {"capacity", i32(q.capacity)}};
-    if (q.align_count) {  // else align_scatter's step is align_count_scatter, which counts itself
+    if (q.align_count) {  // else q.align is align_count_scatter, which counts itself
       TMOE_RETURN_IF_ERROR(launch(q.align_count,
                                   {{"topk_ids", ids},
                                    {"chunk_counts", at(q.ws.chunk_counts)},
@@ -619,7 +620,7 @@ class GpuBackend final : public gpu::TunableBackend {
                                   q, ws, stream));
       alignment.emplace("chunk_counts", at(q.ws.chunk_counts));
     }
-    TMOE_RETURN_IF_ERROR(launch(q.align_scatter, alignment, q, ws, stream));
+    TMOE_RETURN_IF_ERROR(launch(q.align, alignment, q, ws, stream));
     TMOE_RETURN_IF_ERROR(launch(q.gate_up,
                                 {{"x", device_address(p.x)},
                                  {"w13", device_address(p.w13)},
