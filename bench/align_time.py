@@ -2,7 +2,7 @@
 align_count_scatter: both in one launch) on
 routed ids of the benchmark models with one program per chunk and with the library's
 grid (docs/kernels.md), for the expert bucket (BLOCK_E) the library picks and the next
-one; and route for the same buckets. Each align result is checked exactly
+one; and route in both forms for the library's bucket. Each align result is checked exactly
 against the torch reference of the kernel tests. Timed as the layer runs them:
 CUDA-graph replays of REPS back-to-back copies of the stage (no flush: ids come fresh
 from route), per copy. performance-log.md #28.
@@ -82,10 +82,13 @@ def main():
             logits = torch.randn(T, E, device="cuda")
             topk_ids, topk_weights = torch.empty(T, k, dtype=torch.int32, device="cuda"), torch.empty(
                 T, k, device="cuda")
-            for block_e in buckets:
-                # logits stand in for the correction bias, never read with has_correction_bias 0
-                row.append(f"route e{block_e} %.1f" % per_copy_us(lambda: jit.launch(
-                    "route", f"f32_e{block_e}", T, logits=logits, correction_bias=logits, topk_ids=topk_ids,
+            # The library's route variant (one bitonic top-k where k allows) and the rounds any k
+            # takes, for the library's bucket; logits stand in for the correction bias, never
+            # read with has_correction_bias 0.
+            for rounds in (False, True):
+                route_variant = kt.route_variant("f32", E, k, rounds)
+                row.append(f"route {route_variant} %.1f" % per_copy_us(lambda: jit.launch(
+                    "route", route_variant, T, logits=logits, correction_bias=logits, topk_ids=topk_ids,
                     topk_weights=topk_weights, E=E, top_k=k, mode=0, renormalize=1, n_group=1, topk_group=1,
                     routed_scaling_factor=1.0, has_correction_bias=0)))
             print(" | ".join(row), flush=True)

@@ -19,17 +19,28 @@ UNAVAILABLE = tl.constexpr(-2147483648)
 
 
 @triton.jit
-def argmax_lowest(values, available, lanes, NONE: tl.constexpr):
-    """Lane of the largest available value, the lowest lane among equals (NaN ranks as
-    -inf and -0.0 as 0.0, as in the reference); NONE if none is available. One
-    reduction over a key packing the value's bits, made order-preserving, above
-    NONE - lane (a max and then a min over the lanes equal to it found no lane when
-    the values were NaN: performance-log.md #42)."""
+def rank_key(values, available, lanes, NONE: tl.constexpr):
+    """A key per lane ordering the available values, largest first and the lowest lane
+    among equals (NaN ranks as -inf and -0.0 as 0.0, as in the reference): the value's
+    bits, made order-preserving, above NONE - lane; an unavailable lane's key is below
+    every available one's. One max of these keys is an argmax (a max and then a min over
+    the lanes equal to it found no lane when the values were NaN: performance-log.md #42)."""
     canonical = tl.where(values != values, float("-inf"), values) + 0.0
     bits = canonical.to(tl.int32, bitcast=True)
     ordered = tl.where(available, bits ^ ((bits >> 31) & 0x7FFFFFFF), UNAVAILABLE)
-    best = tl.max(ordered.to(tl.int64) * 4294967296 + (NONE - lanes).to(tl.int64), 0)
-    return tl.where((best >> 32) == UNAVAILABLE, NONE, NONE - (best & 0xFFFFFFFF).to(tl.int32))
+    return ordered.to(tl.int64) * 4294967296 + (NONE - lanes).to(tl.int64)
+
+
+@triton.jit
+def lane_of(key, NONE: tl.constexpr):
+    """The lane a rank_key belongs to; NONE for an unavailable lane's."""
+    return tl.where((key >> 32) == UNAVAILABLE, NONE, NONE - (key & 0xFFFFFFFF).to(tl.int32))
+
+
+@triton.jit
+def argmax_lowest(values, available, lanes, NONE: tl.constexpr):
+    """Lane of the largest available value, the lowest lane among equals; NONE if none is available."""
+    return lane_of(tl.max(rank_key(values, available, lanes, NONE), 0), NONE)
 
 
 @triton.jit
@@ -57,7 +68,11 @@ def kept_groups(selection, valid, lanes, E, n_group, topk_group, BLOCK_E: tl.con
 
 @triton.jit
 def route(logits, correction_bias, topk_ids, topk_weights, E, top_k, mode, renormalize, n_group, topk_group,
-          routed_scaling_factor, has_correction_bias, BLOCK_E: tl.constexpr, PDL: tl.constexpr):
+          routed_scaling_factor, has_correction_bias, BLOCK_E: tl.constexpr, TOP_K: tl.constexpr,
+          PDL: tl.constexpr):
+    """TOP_K: a power of two >= top_k, whose top-k is one bitonic tl.topk of the rank
+    keys (0.2-0.9 us a launch under top_k argmax rounds, performance-log.md #49); 0
+    for any top_k, by rounds."""
     wait_for_previous_kernel(PDL)
     token = tl.program_id(0).to(tl.int64)
     lanes = tl.arange(0, BLOCK_E)
@@ -78,19 +93,26 @@ def route(logits, correction_bias, topk_ids, topk_weights, E, top_k, mode, renor
         # orders differ only where exp() rounds two logits to one probability.
         selection = tl.where(mode == TOPK_SOFTMAX, x, weight_of)
         eligible = valid
-    # rank[e] = j when expert e is the token's j-th choice, -1 when not chosen.
-    rank = tl.full([BLOCK_E], -1, tl.int32)
-    for j in range(top_k):
-        chosen = argmax_lowest(selection, eligible & (rank < 0), lanes, BLOCK_E)
-        rank = tl.where(lanes == chosen, j, rank)
-    picked = rank >= 0
-    weights = tl.where(picked, weight_of, 0.0)
+    if TOP_K == 0:
+        # Per lane: rank[e] = j when expert e is the token's j-th choice, -1 when not chosen.
+        rank = tl.full([BLOCK_E], -1, tl.int32)
+        for j in range(top_k):
+            chosen = argmax_lowest(selection, eligible & (rank < 0), lanes, BLOCK_E)
+            rank = tl.where(lanes == chosen, j, rank)
+        experts, choice, picked = lanes, rank, rank >= 0
+        weights = tl.where(picked, weight_of, 0.0)
+    else:
+        # Per choice: the TOP_K largest keys, in descending order.
+        choice = tl.arange(0, TOP_K)
+        experts = lane_of(tl.topk(rank_key(selection, eligible, lanes, BLOCK_E), TOP_K), BLOCK_E)
+        picked = (choice < top_k) & (experts < BLOCK_E)
+        weights = tl.where(picked, tl.gather(weight_of, tl.minimum(experts, BLOCK_E - 1), 0), 0.0)
     if (renormalize != 0) | (mode == TOPK_SOFTMAX):
         total = tl.sum(weights, 0)
         # A zero total means every chosen sigmoid underflowed: keep 0, not NaN (as the CPU).
         weights = tl.where(total > 0, weights / total, weights)
     if mode == SIGMOID_GROUPED_TOPK:
         weights = weights * routed_scaling_factor
-    out = token * top_k + rank
-    tl.store(topk_ids + out, lanes, mask=picked)
+    out = token * top_k + choice
+    tl.store(topk_ids + out, experts, mask=picked)
     tl.store(topk_weights + out, weights, mask=picked)

@@ -347,8 +347,12 @@ class GpuForwardFakeTest : public ::testing::TestWithParam<Api> {
     const Want null = exact(0);
     std::vector<ExpectedLaunch> launches;
     if (from_logits) {
-      const KernelEntry* route = entry("route", dtype_key(*c.logits) + "_e" + std::to_string(e_bucket));
+      // 1 < k <= 8: the variant of one bitonic top-k of the next power of two; else rounds.
+      const std::string top_k_suffix = c.k == 1 ? "" : c.k == 2 ? "_k2" : c.k <= 4 ? "_k4" : c.k <= 8 ? "_k8" : "";
+      const KernelEntry* route =
+          entry("route", dtype_key(*c.logits) + "_e" + std::to_string(e_bucket) + top_k_suffix);
       EXPECT_GE(constexpr_of(route, "BLOCK_E"), c.E);
+      EXPECT_GE(constexpr_of(route, "TOP_K"), c.k == 1 || c.k > 8 ? 0 : c.k);
       launches.push_back({route, c.T,
                           {{"logits", ptr(l.logits)},
                            {"correction_bias", null},
@@ -752,7 +756,7 @@ TEST_P(GpuForwardFakeTest, RoutedFromLogitsWithSharedExpertLaunchesTheDocumented
   // S = 34, 34 / min(8, 34) = 4 rows per expert -> BLOCK_M 16, capacity = round_up(34 + 8 * 15, 16) = 160;
   // the dense GEMMs take BLOCK_M 64 from T = 17.
   ASSERT_EQ(variant_names(expected),
-            "route/f32_e64 align_count_scatter/c256_e64 " + routed("bf16", 16) +
+            "route/f32_e64_k2 align_count_scatter/c256_e64 " + routed("bf16", 16) +
                 " gate_up_swiglu/bf16_dense_m64_t0_div16 down/bf16_dense_m64_t0_div16 "
             "combine/bf16_div16");
   EXPECT_EQ(launch_of(expected, "align_count_scatter").args.at("capacity").value, 160u);
@@ -832,7 +836,7 @@ TEST_P(GpuForwardFakeTest, OneTokenTakesTheDecodePathWithCombineFusedIntoDown) {
   // No align, no y, no combine. Worked by hand: gate_up has 2 * cdiv(128, BLOCK_N) programs and
   // down cdiv(256, BLOCK_N), fewer than two per SM for every tile, so both take their narrowest.
   ASSERT_EQ(variant_names(expected),
-            "route/f32_e64 decode_gate_up_swiglu/bf16_routed_t1 decode_gate_up_swiglu/bf16_dense_t1 "
+            "route/f32_e64_k2 decode_gate_up_swiglu/bf16_routed_t1 decode_gate_up_swiglu/bf16_dense_t1 "
             "decode_down_combine/bf16_shared_t2");
   ASSERT_EQ(forward(l), TMOE_SUCCESS) << tmoe_last_error();
   check_launches(l, expected);
@@ -842,7 +846,7 @@ TEST_P(GpuForwardFakeTest, OneTokenTakesTheDecodePathWithCombineFusedIntoDown) {
   ASSERT_EQ(tmoe_moe_plan(ctx_, &l.args, &launches, description, sizeof description), TMOE_SUCCESS);
   EXPECT_EQ(launches, 4);
   EXPECT_STREQ(description,
-               "decode t1/t2 (heuristic): route/f32_e64 decode_gate_up_swiglu/bf16_routed_t1 "
+               "decode t1/t2 (heuristic): route/f32_e64_k2 decode_gate_up_swiglu/bf16_routed_t1 "
                "decode_gate_up_swiglu/bf16_dense_t1 decode_down_combine/bf16_shared_t2");
 }
 
@@ -851,7 +855,7 @@ TEST_P(GpuForwardFakeTest, OneUnalignedTokenStaysOnTheSortedPath) {
   Layer l = make_layer({"decode_unaligned", 1, 8, 2, 256, 128, 0, TMOE_DTYPE_BF16, TMOE_DTYPE_F32, 2});
   const std::vector<ExpectedLaunch> expected = expected_launches(l);
   ASSERT_EQ(variant_names(expected),
-            "route/f32_e64 align_count_scatter/c256_e64 gate_up_swiglu/bf16_routed_m32_any "
+            "route/f32_e64_k2 align_count_scatter/c256_e64 gate_up_swiglu/bf16_routed_m32_any "
             "down/bf16_routed_m32_any combine/bf16_div16");
   ASSERT_EQ(forward(l), TMOE_SUCCESS) << tmoe_last_error();
   check_launches(l, expected);
@@ -862,7 +866,7 @@ TEST_P(GpuForwardFakeTest, OddHiddenSizePicksTheAnyVariants) {
   Layer l = make_layer({"odd_h", 17, 8, 2, 33, 128, 64});
   const std::vector<ExpectedLaunch> expected = expected_launches(l);
   ASSERT_EQ(variant_names(expected),
-            "route/f32_e64 align_count_scatter/c256_e64 gate_up_swiglu/bf16_routed_m32_any "
+            "route/f32_e64_k2 align_count_scatter/c256_e64 gate_up_swiglu/bf16_routed_m32_any "
             "down/bf16_routed_m32_any gate_up_swiglu/bf16_dense_m32_any down/bf16_dense_m32_any combine/bf16_any");
   EXPECT_EQ(launch_of(expected, "align_count_scatter").args.at("capacity").value, 288u);  // round_up(34 + 8 * 31, 32)
   ASSERT_EQ(forward(l), TMOE_SUCCESS) << tmoe_last_error();
@@ -878,42 +882,42 @@ TEST_P(GpuForwardFakeTest, VariantsFollowDtypesAlignmentAndShapes) {
   const Variation variations[] = {
       // f16 activations, bf16 logits: route by the logits' dtype, the rest by the activations'.
       {{"f16_bf16_logits", 17, 8, 2, 256, 128, 64, TMOE_DTYPE_F16, TMOE_DTYPE_BF16},
-       "route/bf16_e64 align_count_scatter/c256_e64 " + routed("f16", 16) +
+       "route/bf16_e64_k2 align_count_scatter/c256_e64 " + routed("f16", 16) +
            " gate_up_swiglu/f16_dense_m64_t0_div16 down/f16_dense_m64_t0_div16 combine/f16_div16"},
       // x 2 bytes past 16-byte alignment: every GEMM unhinted; combine reads y and out only.
       {{"x_unaligned", 17, 8, 2, 256, 128, 64, TMOE_DTYPE_BF16, TMOE_DTYPE_F32, 2},
-       "route/f32_e64 align_count_scatter/c256_e64 gate_up_swiglu/bf16_routed_m32_any "
+       "route/f32_e64_k2 align_count_scatter/c256_e64 gate_up_swiglu/bf16_routed_m32_any "
        "down/bf16_routed_m32_any gate_up_swiglu/bf16_dense_m32_any down/bf16_dense_m32_any combine/bf16_div16"},
       // Is = 40: only the shared expert's GEMMs lose the hint.
       {{"odd_shared_I", 17, 8, 2, 256, 128, 40},
-       "route/f32_e64 align_count_scatter/c256_e64 " + routed("bf16", 16) +
+       "route/f32_e64_k2 align_count_scatter/c256_e64 " + routed("bf16", 16) +
            " gate_up_swiglu/bf16_dense_m32_any down/bf16_dense_m32_any combine/bf16_div16"},
       // E = 100: the 128-expert buckets; S = 1200, 12 rows per expert.
       {{"e100", 300, 100, 4, 64, 32, 0},
-       "route/f32_e128 align_count/c256_e128 align_scatter/c256_e128 " + routed("bf16", 16) +
+       "route/f32_e128_k4 align_count/c256_e128 align_scatter/c256_e128 " + routed("bf16", 16) +
            " combine/bf16_div16"},
       // E = 200: the 256-expert buckets.
       {{"e200", 300, 200, 4, 64, 32, 0},
-       "route/f32_e256 align_count/c256_e256 align_scatter/c256_e256 " + routed("bf16", 16) +
+       "route/f32_e256_k4 align_count/c256_e256 align_scatter/c256_e256 " + routed("bf16", 16) +
            " combine/bf16_div16"},
       // E = 1000: the largest bucket.
       {{"e1000", 64, 1000, 2, 32, 16, 0},
-       "route/f32_e1024 align_count_scatter/c256_e1024 " + routed("bf16", 16) +
+       "route/f32_e1024_k2 align_count_scatter/c256_e1024 " + routed("bf16", 16) +
            " combine/bf16_div16"},
       // 500 rows per expert: BLOCK_M 128; the dense rule's m128 from T = 2000 would run
       // 16 programs, under half the multiprocessors: m64.
       {{"prefill", 2000, 8, 2, 64, 32, 16},
-       "route/f32_e64 align_count/c256_e64 align_scatter/c256_e64 " + routed("bf16", 128) +
+       "route/f32_e64_k2 align_count/c256_e64 align_scatter/c256_e64 " + routed("bf16", 128) +
            " gate_up_swiglu/bf16_dense_m64_t0_div16 down/bf16_dense_m64_t0_div16 "
        "combine/bf16_div16"},
       // Wide enough that the shared expert's m128 grids (16 x 10 programs) keep m128.
       {{"prefill_wide_shared", 2000, 8, 2, 1280, 32, 1280},
-       "route/f32_e64 align_count/c256_e64 align_scatter/c256_e64 " + routed("bf16", 128) +
+       "route/f32_e64_k2 align_count/c256_e64 align_scatter/c256_e64 " + routed("bf16", 128) +
            " gate_up_swiglu/bf16_dense_m128_t0_div16 down/bf16_dense_m128_t0_div16 "
        "combine/bf16_div16"},
       // S = 16400 > 16384: CHUNK 2048.
       {{"chunk2048", 8200, 8, 2, 32, 16, 0},
-       "route/f32_e64 align_count/c2048_e64 align_scatter/c2048_e64 " + routed("bf16", 128) +
+       "route/f32_e64_k2 align_count/c2048_e64 align_scatter/c2048_e64 " + routed("bf16", 128) +
            " combine/bf16_div16"},
   };
   for (const Variation& v : variations) {

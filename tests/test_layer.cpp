@@ -81,6 +81,10 @@ std::vector<LayerCase> routing_modes() {
       {.T = 17, .E = 1, .k = 1, .H = 33, .I = 47, .dtype = kF32, .source = softmax},
       {.T = 255, .E = 60, .k = 6, .H = 33, .I = 47, .dtype = kBF16, .source = softmax, .renormalize = true,
        .logits_dtype = kBF16},
+      // k > 8: the GPU's route by rounds (its bitonic variants stop at TOP_K 8).
+      {.T = 255, .E = 60, .k = 12, .H = 33, .I = 47, .dtype = kBF16, .source = softmax, .renormalize = true},
+      {.T = 255, .E = 128, .k = 16, .H = 33, .I = 47, .dtype = kF16, .source = grouped, .renormalize = true,
+       .n_group = 8, .topk_group = 4, .correction_bias = true},
       // gpt-oss; and k = E.
       {.T = 255, .E = 128, .k = 4, .H = 33, .I = 47, .dtype = kBF16, .source = topk},
       {.T = 255, .E = 8, .k = 8, .H = 33, .I = 47, .dtype = kF32, .source = topk, .logits_dtype = kF16},

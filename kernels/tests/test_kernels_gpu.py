@@ -160,12 +160,20 @@ def max_padded_slots(slots, E, block_m):
     return triton.cdiv(slots + min(E, slots) * (block_m - 1), block_m) * block_m
 
 
-def run_route(launcher, logits, routing):
+def route_variant(logits_dtype, E, k, rounds=False):
+    """The library's route variant (docs/kernels.md): one bitonic top-k where a TOP_K
+    >= k > 1 is bundled, unless `rounds` asks for the any-k form."""
+    top_k = min((t for t in matrix.ROUTE_TOP_K if t >= k > 1), default=0)
+    return f"{logits_dtype}_e{expert_bucket(E)}" + (f"_k{top_k}" if top_k and not rounds else "")
+
+
+def run_route(launcher, logits, routing, rounds=False):
     T, E = logits.shape
     k = routing["k"]
     ids, weights = poisoned((T, k), torch.int32), poisoned((T, k), torch.float32)
     bias = routing.get("bias")
-    launcher.launch("route", f"{next(n for n, t in TORCH_DTYPE.items() if t == logits.dtype)}_e{expert_bucket(E)}", T,
+    logits_dtype = next(n for n, t in TORCH_DTYPE.items() if t == logits.dtype)
+    launcher.launch("route", route_variant(logits_dtype, E, k, rounds), T,
                     logits=logits, correction_bias=bias, topk_ids=ids, topk_weights=weights, E=E, top_k=k,
                     mode=MODES[routing["mode"]], renormalize=int(routing.get("renormalize", False)),
                     n_group=routing.get("n_group", 1), topk_group=routing.get("topk_group", 1),
@@ -340,7 +348,13 @@ def layer_reference(x, w13, w2, ids, weights, shared):
 # ----------------------------------------------------------------------------- tests
 
 def check_route(launcher, name, logits, routing):
-    ids, weights = run_route(launcher, logits, routing)
+    """Both forms where k has a bitonic variant: it, and the rounds any k takes."""
+    for rounds in (False, True) if 1 < routing["k"] <= max(matrix.ROUTE_TOP_K) else (False, ):
+        check_route_form(launcher, name + (" rounds" if rounds else ""), logits, routing, rounds)
+
+
+def check_route_form(launcher, name, logits, routing, rounds):
+    ids, weights = run_route(launcher, logits, routing, rounds)
     ref_ids, ref_weights, selection = route_reference(logits, routing)
     ids = ids.long()
     differ = (ids != ref_ids).any(1)
@@ -360,12 +374,13 @@ def check_route(launcher, name, logits, routing):
 def test_route(launcher):
     g = torch.Generator(device=DEVICE).manual_seed(1)
     cases = []
-    for E, k in ((8, 1), (8, 2), (128, 8), (256, 8), (1000, 8)):
+    for E, k in ((8, 1), (8, 2), (128, 8), (256, 8), (1000, 8), (60, 12), (128, 16)):
         cases.append((E, dict(mode="softmax_topk", k=k, renormalize=k > 1)))
         cases.append((E, dict(mode="softmax_topk", k=k, renormalize=False)))
         cases.append((E, dict(mode="topk_softmax", k=k)))
     for E, k, n_group, topk_group, with_bias, renorm in ((256, 8, 8, 4, True, True), (128, 8, 8, 3, False, True),
                                                          (64, 6, 1, 1, True, False), (16, 2, 16, 4, True, True),
+                                                         (256, 16, 8, 4, True, True),
                                                          (8, 1, 2, 1, False, False)):
         bias = torch.randn(E, generator=g, device=DEVICE) * 0.1 if with_bias else None
         cases.append((E, dict(mode="sigmoid_grouped_topk", k=k, n_group=n_group, topk_group=topk_group,

@@ -355,8 +355,13 @@ class GpuBackend final : public gpu::TunableBackend {
     q.S = p.T * p.k;
     q.R = p.k + (p.has_shared_expert() ? 1 : 0);
     if (p.routed_from_logits()) {
+      // The "_k<TOP_K>" variant of the smallest power of two >= k where the bundle has
+      // one (one bitonic top-k, performance-log.md #49), else the one for any k.
       const std::string route = std::string(dtype_key(p.logits_dtype)) + "_e" + std::to_string(e_bucket);
-      TMOE_RETURN_IF_ERROR(select("route", route, &q.route.entry));
+      int64_t top_k_bound = 1;
+      while (top_k_bound < p.k) top_k_bound *= 2;
+      q.route.entry = bundle_.variant("route", route + "_k" + std::to_string(top_k_bound), target_);
+      if (q.route.entry == nullptr) TMOE_RETURN_IF_ERROR(select("route", route, &q.route.entry));
       q.route.programs = p.T;
     }
     if (q.choice.path == gpu::GemmPath::decode) {

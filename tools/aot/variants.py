@@ -21,6 +21,9 @@ TRITON_TYPE = {"f32": "fp32", "bf16": "bf16", "f16": "fp16", "i32": "i32"}
 ACTIVATION_DTYPES = ("bf16", "f16")
 LOGITS_DTYPES = ("f32", "bf16", "f16")
 EXPERT_BUCKETS = (64, 128, 256, 1024)  # BLOCK_E: the variant serves E <= BLOCK_E
+# route's TOP_K: a power of two >= k > 1 takes one bitonic top-k ("_k{TOP_K}" variants); 0
+# (no suffix) serves any k by rounds (kernels/route.py).
+ROUTE_TOP_K = (0, 2, 4, 8)
 ALIGN_CHUNKS = (256, 2048)        # slots per align program
 COMBINE_BLOCK_H = 1024
 CACHE_READ_BLOCK = 4096  # int32 words per read_through program (cli/gpu_bench_device.cpp)
@@ -179,8 +182,10 @@ def route_variants():
                          E="i32", top_k="i32", mode="i32", renormalize="i32", n_group="i32", topk_group="i32",
                          routed_scaling_factor="fp32", has_correction_bias="i32")
             # One warp: every reduction of the per-token top-k stays inside it.
-            yield Variant("route", "route", f"{logits}_e{block_e}", logits, types,
-                          same_on_all_backends(dict(LAYER_KERNEL, BLOCK_E=block_e), 1, 1))
+            for top_k in ROUTE_TOP_K:
+                name = f"{logits}_e{block_e}" + (f"_k{top_k}" if top_k else "")
+                yield Variant("route", "route", name, logits, types,
+                              same_on_all_backends(dict(LAYER_KERNEL, BLOCK_E=block_e, TOP_K=top_k), 1, 1))
 
 
 def align_variants():
