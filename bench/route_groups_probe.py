@@ -22,7 +22,7 @@ import triton.language as tl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "kernels" / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from kernels.route import UNAVAILABLE, argmax_lowest, kept_groups  # noqa: E402
+from kernels.route import argmax_lowest, kept_groups  # noqa: E402
 
 REPS = 20
 
