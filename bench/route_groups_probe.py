@@ -22,7 +22,7 @@ import triton.language as tl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "kernels" / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from kernels.route import argmax_lowest, kept_groups  # noqa: E402
+from kernels.route import experts_of_best_groups, kept_groups  # noqa: E402
 
 REPS = 20
 
@@ -45,13 +45,7 @@ def kept_groups_sorted(selection, valid, lanes, E, n_group, topk_group, BLOCK_E:
     best = tl.gather(scores, first, 0)
     second = tl.gather(scores, tl.minimum(first + 1, BLOCK_E - 1), 0)
     group_score = tl.where(group_lane, best + tl.where(group_size > 1, second, 0.0), float("-inf"))
-    group_left = group_lane
-    kept = lanes < 0
-    for _ in range(topk_group):
-        g = argmax_lowest(group_score, group_left, lanes, BLOCK_E)
-        group_left = group_left & (lanes != g)
-        kept = kept | (group_of == g)
-    return kept & valid
+    return experts_of_best_groups(group_score, group_of, valid, lanes, n_group, topk_group, BLOCK_E)
 
 
 @triton.jit

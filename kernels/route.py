@@ -57,6 +57,13 @@ def kept_groups(selection, valid, lanes, E, n_group, topk_group, BLOCK_E: tl.con
         second = tl.max(tl.where(in_group & (lanes != first), selection, float("-inf")), 0)
         score = best + tl.where(group_size > 1, second, 0.0)
         group_score = tl.where(lanes == g, score, group_score)
+    return experts_of_best_groups(group_score, group_of, valid, lanes, n_group, topk_group, BLOCK_E)
+
+
+@triton.jit
+def experts_of_best_groups(group_score, group_of, valid, lanes, n_group, topk_group, BLOCK_E: tl.constexpr):
+    """The valid lanes in the topk_group groups of the best scores (lane g holds group
+    g's), by rounds, ties to the lower group."""
     group_left = lanes < n_group
     kept = lanes < 0
     for _ in range(topk_group):
