@@ -9,7 +9,7 @@ stages do; Triton's own tl.range(flatten=True) of the nested form pipelined only
 x tile and loaded the weights synchronously.
 
 Timed beside every bundled decode gate_up tile and read_through over the same bytes
-(bench/decode_time.py's helpers); every output checked against torch first.
+(bench/decode_time.py's helpers, which check every output against torch first).
 
 Usage (GPU machine, repository root):  PYTHONPATH=. python3 bench/decode_flat_probe.py
   [env MODELS=qwen3-30b-a3b,gpt-oss-120b TOKENS=1,4]
@@ -24,7 +24,6 @@ import triton.language as tl
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import decode_time  # noqa: E402
-import peers  # noqa: E402
 from model_shapes import routed_models  # noqa: E402
 from kernels.decode import VECTOR_ROWS, decode_gate_up_swiglu, vector_tile, weight_tile  # noqa: E402
 
@@ -99,19 +98,7 @@ def cell(model, w13, H, I, k, T, sms, g):
             lambda bn=bn, bk=bk, warps=warps, stages=stages, programs=programs: \
             decode_gate_up_flat[(programs, )](x, w13, h, ids, k, H, I, S, BLOCK_N=bn, BLOCK_K=bk, NUM_STAGES=stages,
                                               num_warps=warps)
-    times = {}
-    for label, run in runs.items():
-        h.fill_(float("nan"))
-        try:
-            run()
-        except Exception as error:  # noqa: BLE001 (out of shared memory: reported, not timed)
-            print(f"  {label}: {type(error).__name__}", flush=True)
-            continue
-        err = ((h.float() - h_ref).norm() / h_ref.norm()).item()
-        if not err < 1e-2:
-            print(f"  {label}: WRONG rel err {err:.1e}", flush=True)
-            continue
-        times[label] = peers.replay_ms(run, decode_time.REPS) * 1000
+    times = decode_time.checked_times(runs, h, h_ref)
     nbytes = ids.unique().numel() * 2 * I * H * 2
     print(f"{model} T={T} gate_up ({nbytes / 1e6:.0f} MB; read_through {decode_time.stream_us(nbytes):.1f} us): "
           + " | ".join(f"{label} {times[label]:.1f}" for label in sorted(times, key=times.get)), flush=True)

@@ -57,6 +57,26 @@ def stream_us(nbytes):
     return peers.replay_ms(lambda: read_through[(sums.numel(),)](src, sums, words, BLOCK=block), REPS) * 1000
 
 
+def checked_times(runs, result, ref, label=str):
+    """us of each run (key -> callable) whose output in `result` matches `ref` (relative
+    error under 1e-2), L2 flushed before each replay; a run that fails to launch or is
+    wrong is reported under label(key), not timed."""
+    times = {}
+    for key, run in runs.items():
+        result.fill_(float("nan"))
+        try:
+            run()
+        except Exception as error:  # noqa: BLE001 (out of shared memory: reported, not timed)
+            print(f"  {label(key)}: {type(error).__name__}", flush=True)
+            continue
+        err = ((result.float() - ref).norm() / ref.norm()).item()
+        if not err < 1e-2:
+            print(f"  {label(key)}: WRONG rel err {err:.1e}", flush=True)
+            continue
+        times[key] = peers.replay_ms(run, REPS) * 1000
+    return times
+
+
 def main():
     models = routed_models()
     chosen = os.environ.get("MODELS", "qwen3-30b-a3b,gpt-oss-120b,deepseek-v3,mixtral-8x7b").split(",")
@@ -98,19 +118,8 @@ def cell(model, E, H, I, k, T, w13, w2, g):
                                                 PDL=False, num_warps=warps, num_stages=stages)
 
     def sweep(stage, tiles, run, result, ref):
-        times = {}
-        for tile in tiles:
-            result.fill_(float("nan"))
-            try:
-                run(tile)
-            except Exception as error:  # noqa: BLE001 (out of shared memory: reported, not timed)
-                print(f"  {stage} {name(tile)}: {type(error).__name__}", flush=True)
-                continue
-            err = ((result.float() - ref).norm() / ref.norm()).item()
-            if not err < 1e-2:
-                print(f"  {stage} {name(tile)}: WRONG rel err {err:.1e}", flush=True)
-                continue
-            times[tile] = peers.replay_ms(lambda: run(tile), REPS) * 1000
+        times = checked_times({tile: (lambda tile=tile: run(tile)) for tile in tiles}, result, ref,
+                              lambda tile: f"{stage} {name(tile)}")
         ranked = sorted(times, key=times.get)
         print(f"{model} T={T} {stage}: " + " | ".join(f"{name(c)} {times[c]:.1f}" for c in ranked), flush=True)
         return ranked
