@@ -453,22 +453,23 @@ class GpuBackend final : public gpu::TunableBackend {
     const int64_t chunk = q.S <= 16384 ? 256 : 2048;
     q.chunks = cdiv(q.S, chunk);
     const std::string align_variant = std::string("c") + std::to_string(chunk) + "_e" + std::to_string(e_bucket);
-    // A program per chunk, and more where one would loop over the sentinel fill (CHUNK
-    // positions a step) or block_expert (BLOCK_B entries a step): at S = 128, m16, one
-    // program filled 2048 positions, 10.3 us for both launches against 5.6 with eight
-    // (performance-log.md #28). Up to two chunks, one launch where every program counts
-    // them all: on an H100 0.6-1.2 us under the pair alone, ~0.5 us in the layer; not
-    // faster from four chunks, slower from eight (#48).
+    // Up to two chunks, one launch where every program counts them all: on an H100
+    // 0.6-1.2 us under the pair alone, ~0.5 us in the layer; not faster from four chunks,
+    // slower from eight (performance-log.md #48).
     if (q.chunks <= 2) {
       TMOE_RETURN_IF_ERROR(select("align_count_scatter", align_variant, &q.align.entry));
-      q.align.programs = std::max(q.chunks, cdiv(q.capacity / block_m, q.align.entry->constexpr_or("BLOCK_B", 1)));
     } else {
       TMOE_RETURN_IF_ERROR(select("align_count", align_variant, &q.align_count.entry));
       TMOE_RETURN_IF_ERROR(select("align_scatter", align_variant, &q.align.entry));
-      const int64_t fill_programs =
-          std::max(cdiv(q.capacity, chunk), cdiv(q.capacity / block_m, q.align.entry->constexpr_or("BLOCK_B", 1)));
-      q.align_count.programs = q.align.programs = std::max(q.chunks, fill_programs);
     }
+    // A program per chunk, and more where one would loop over align_count's sentinel fill
+    // (CHUNK positions a step; align_count_scatter puts it by blocks) or block_expert
+    // (BLOCK_B entries a step): at S = 128, m16, one program filled 2048 positions, 10.3
+    // us for both launches against 5.6 with eight (#28).
+    const int64_t sentinel_programs = q.align_count ? cdiv(q.capacity, chunk) : 0;
+    q.align.programs = std::max({q.chunks, sentinel_programs,
+                                 cdiv(q.capacity / block_m, q.align.entry->constexpr_or("BLOCK_B", 1))});
+    if (q.align_count) q.align_count.programs = q.align.programs;
     const std::string gate_up = gemm_variant(act, "routed", block_m, hints.routed, q.choice.gate_up_tile);
     const std::string down = gemm_variant(act, "routed", block_m, hints.routed, q.choice.down_tile);
     TMOE_RETURN_IF_ERROR(select("gate_up_swiglu", gate_up, &q.gate_up.entry));
