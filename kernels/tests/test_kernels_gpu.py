@@ -282,27 +282,23 @@ def stable_topk(scores, k):
 
 
 def route_reference(logits, routing):
-    """(ids, weights, selection scores, rows whose kept groups are a near-tie) in float64
-    with the semantics of tmoe.h."""
+    """(ids, weights, selection scores, grouped) in float64 with the semantics of tmoe.h;
+    grouped: (group scores, selection scores before the groups' mask) in
+    sigmoid_grouped_topk, else None."""
     x = logits.double()
     k, mode = routing["k"], routing["mode"]
-    group_near_tie = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    grouped = None
     if mode == "sigmoid_grouped_topk":
         scores = torch.sigmoid(x)
-        selection = scores + (routing["bias"].double() if routing.get("bias") is not None else 0)
+        biased = scores + (routing["bias"].double() if routing.get("bias") is not None else 0)
         T, E = x.shape
-        groups = selection.view(T, routing["n_group"], -1)
+        groups = biased.view(T, routing["n_group"], -1)
         best2 = torch.sort(rank_key(groups), dim=-1, descending=True).values[..., :2].sum(-1)
         group_score = best2 if groups.shape[-1] > 1 else groups[..., 0]
         kept = torch.zeros_like(group_score, dtype=torch.bool)
         kept.scatter_(1, stable_topk(group_score, routing["topk_group"]), True)
-        # The last kept group and the first dropped one within f32 rounding of their sums:
-        # the device (f32) may keep either.
-        if routing["topk_group"] < routing["n_group"]:
-            ordered = torch.sort(rank_key(group_score), dim=-1, descending=True).values
-            last_kept, first_dropped = ordered[:, routing["topk_group"] - 1], ordered[:, routing["topk_group"]]
-            group_near_tie = (last_kept - first_dropped).abs() <= 1e-6
-        selection = torch.where(kept.repeat_interleave(groups.shape[-1], 1), selection, -math.inf)
+        selection = torch.where(kept.repeat_interleave(groups.shape[-1], 1), biased, -math.inf)
+        grouped = (group_score, biased)
         ids = stable_topk(selection, k)
         weights = scores.gather(1, ids)
         if routing.get("renormalize"):
@@ -316,7 +312,29 @@ def route_reference(logits, routing):
         weights = torch.softmax(x.gather(1, ids), -1) if mode == "topk_softmax" else probs.gather(1, ids)
         if routing.get("renormalize") and mode != "topk_softmax":
             weights = weights / weights.sum(-1, keepdim=True)
-    return ids, weights, selection, group_near_tie
+    return ids, weights, selection, grouped
+
+
+def kept_groups_near_tie(ids, routing, group_score, biased):
+    """Rows where `ids` are the reference's choice had it kept other groups among those
+    tied, within f32 rounding of their sums, with its last kept group (the device sums in
+    f32 and may keep any of them): the groups ahead of the tie always kept, the tied
+    groups `ids` use beside them, and `ids` the top-k of their experts."""
+    n_group, topk_group = routing["n_group"], routing["topk_group"]
+    if topk_group == n_group:
+        return torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+    group_size = biased.shape[1] // n_group
+    ranked = rank_key(group_score)
+    ordered = torch.sort(ranked, dim=-1, descending=True).values
+    last_kept = ordered[:, topk_group - 1:topk_group]
+    tied = (ranked - last_kept).abs() <= 1e-6
+    ahead = ranked > last_kept + 1e-6
+    used = torch.zeros_like(tied)
+    used.scatter_(1, ids.clamp(0, biased.shape[1] - 1) // group_size, True)
+    kept = ahead | (used & tied)
+    choice = stable_topk(torch.where(kept.repeat_interleave(group_size, 1), biased, -math.inf), ids.shape[1])
+    return ((ordered[:, topk_group] - last_kept[:, 0]).abs() <= 1e-6) & (used <= ahead | tied).all(1) & (
+        kept.sum(1) <= topk_group) & (choice == ids).all(1)
 
 
 def align_reference(ids, E, block_m):
@@ -357,19 +375,23 @@ def layer_reference(x, w13, w2, ids, weights, shared):
 
 def check_route(launcher, name, logits, routing):
     """Both forms where k has a bitonic variant: it, and the rounds any k takes."""
-    for rounds in (False, True) if 1 < routing["k"] <= max(matrix.ROUTE_TOP_K) else (False, ):
+    E, k = logits.shape[1], routing["k"]
+    bitonic = route_variant("f32", E, k) != route_variant("f32", E, k, rounds=True)
+    for rounds in (False, True) if bitonic else (False, ):
         check_route_form(launcher, name + (" rounds" if rounds else ""), logits, routing, rounds)
 
 
 def check_route_form(launcher, name, logits, routing, rounds):
     ids, weights = run_route(launcher, logits, routing, rounds)
-    ref_ids, ref_weights, selection, group_near_tie = route_reference(logits, routing)
+    ref_ids, ref_weights, selection, grouped = route_reference(logits, routing)
     ids = ids.long()
     differ = (ids != ref_ids).any(1)
     # A differing row is accepted only as a near-tie: the scores of both picks agree at
-    # every rank, or (grouped) the kept groups were a near-tie.
+    # every rank, or (grouped) they are the reference's picks from other tied groups.
     picked = selection.gather(1, ids.clamp(0, logits.shape[1] - 1))
-    near_tie = ((picked - selection.gather(1, ref_ids)).abs().amax(1) <= 1e-6) | group_near_tie
+    near_tie = (picked - selection.gather(1, ref_ids)).abs().amax(1) <= 1e-6
+    if grouped is not None:
+        near_tie |= kept_groups_near_tie(ids, routing, *grouped)
     bad_ids = int((differ & ~near_tie).sum())
     # NaN weights exactly where the reference has them (a NaN logit under softmax_topk), finite elsewhere.
     finite = torch.isfinite(ref_weights) & ~differ[:, None]
