@@ -10,9 +10,9 @@ kernel not timed here), or the config env VLLM gives; ours runs each tile of
 tools/aot/variants.py for BLOCK_M (env, default 128) as bundled (h and y in bf16, as
 in the library), compiled here by Triton's JIT, and each tile in one more form: at
 BLOCK_M 128, where it is not a TMA or persistent tile, its TMA form (weights, and for
-down also h, through device-side tensor descriptors), and a persistent tile with
-HALF_TAIL (blocks whose slots fit in half the rows multiply only those,
-performance-log.md #31); at smaller BLOCK_M, with GROUP_M 1 (programs walk N first,
+down also h, through device-side tensor descriptors), and a TMA or persistent tile
+with HALF_TAIL (blocks whose slots fit in half the rows multiply only those,
+performance-log.md #31, #53); at smaller BLOCK_M, with GROUP_M 1 (programs walk N first,
 as vLLM's small-T configs). Persistent tiles run on PERSISTENT programs per SM, as
 the library launches them.
 Both read the same routing: vLLM's alignment (in torch, bench/peers.py) is exactly
@@ -46,7 +46,7 @@ VLLM_NAME = "{BLOCK_SIZE_M}x{BLOCK_SIZE_N}x{BLOCK_SIZE_K} g{GROUP_SIZE_M} w{num_
 
 def tile_forms(tiles, defaults):
     """(name, CUDA Config) of each BLOCK_M tile as bundled, then at BLOCK_M 128 its TMA form
-    where it has none, or for a persistent tile (always descriptors) its HALF_TAIL form;
+    where it has none, or for a TMA or persistent tile its HALF_TAIL form where it has none;
     at smaller BLOCK_M its GROUP_M 1 form."""
     for index, per_backend in enumerate(tiles[BLOCK_M]):
         config = variants.target_config(variants.tile_configs(per_backend, dict(defaults, ROUTED=True, BLOCK_M=BLOCK_M)),
@@ -55,8 +55,9 @@ def tile_forms(tiles, defaults):
         yield f"t{index}", config
         if BLOCK_M < 128:
             yield f"t{index} +g1", variants.Config(dict(c, GROUP_M=1), config.num_warps, config.num_stages)
-        elif c["PERSISTENT"]:
-            yield f"t{index} +half", variants.Config(dict(c, HALF_TAIL=True), config.num_warps, config.num_stages)
+        elif c["PERSISTENT"] or c["TMA"]:
+            if not c["HALF_TAIL"]:
+                yield f"t{index} +half", variants.Config(dict(c, HALF_TAIL=True), config.num_warps, config.num_stages)
         elif not c["TMA"]:
             yield f"t{index} +tma", variants.Config(dict(c, TMA=True), config.num_warps, config.num_stages)
 

@@ -30,6 +30,15 @@ def down(h, w2, y, sorted_slots, block_expert, topk_weights, num_slots, top_k, H
         expert = tile_expert(block_expert, pid_m, ROUTED)
         if expert < 0:
             return
+        if HALF_TAIL:
+            # The persistent tiles' half-height tail blocks on one tile per program (#53).
+            tl.static_assert(ROUTED and TMA, "HALF_TAIL needs a routed TMA tile")
+            h_desc, h_half_desc, w_desc = routed_descriptors(h, w2, E, H, I, num_m_blocks, BLOCK_M, BLOCK_N, BLOCK_K,
+                                                             HALF_TAIL)
+            half_or_full_tile(h_desc, h_half_desc, w_desc, y, sorted_slots, topk_weights, pid_m, expert, pid_n,
+                              num_slots, top_k, H, I, y_rows_per_token, y_first_row, BLOCK_M, BLOCK_N, BLOCK_K,
+                              HALF_TAIL)
+            return
         rows, slots, has_slot = tile_slots(sorted_slots, pid_m, num_slots, BLOCK_M, ROUTED)
         cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         col_ok = cols < H
@@ -74,27 +83,47 @@ def persistent_tiles(h, w2, y, sorted_slots, block_expert, topk_weights, num_slo
     block whose slots fit in its first BLOCK_M / 2 rows (an expert's last block:
     the slots of a block are a prefix) multiplies only those rows."""
     num_n_blocks = tl.cdiv(H, BLOCK_N)
+    h_desc, h_half_desc, w_desc = routed_descriptors(h, w2, E, H, I, num_m_blocks, BLOCK_M, BLOCK_N, BLOCK_K, HALF_TAIL)
+    for tile in tl.range(tl.program_id(0), num_m_blocks * num_n_blocks, tl.num_programs(0)):
+        pid_m, pid_n = grouped_tile(tile, num_m_blocks, num_n_blocks, GROUP_M)
+        expert = tl.load(block_expert + pid_m)
+        if expert >= 0:
+            half_or_full_tile(h_desc, h_half_desc, w_desc, y, sorted_slots, topk_weights, pid_m, expert, pid_n,
+                              num_slots, top_k, H, I, y_rows_per_token, y_first_row, BLOCK_M, BLOCK_N, BLOCK_K,
+                              HALF_TAIL)
+
+
+@triton.jit
+def routed_descriptors(h, w2, E, H, I, num_m_blocks, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                       BLOCK_K: tl.constexpr, HALF_TAIL: tl.constexpr):
+    """Tensor descriptors over h's padded rows (BLOCK_M-row blocks, and with HALF_TAIL
+    half-height ones; without it the full one stands in) and over w2 seen as [E, H, I]."""
     h_desc = tl.make_tensor_descriptor(h, shape=[num_m_blocks * BLOCK_M, I], strides=[I, 1],
                                        block_shape=[BLOCK_M, BLOCK_K])
     if HALF_TAIL:
         h_half_desc = tl.make_tensor_descriptor(h, shape=[num_m_blocks * BLOCK_M, I], strides=[I, 1],
                                                 block_shape=[BLOCK_M // 2, BLOCK_K])
+    else:
+        h_half_desc = h_desc
     w_desc = tl.make_tensor_descriptor(w2, shape=[E, H, I], strides=[H * I, I, 1], block_shape=[1, BLOCK_N, BLOCK_K])
-    for tile in tl.range(tl.program_id(0), num_m_blocks * num_n_blocks, tl.num_programs(0)):
-        pid_m, pid_n = grouped_tile(tile, num_m_blocks, num_n_blocks, GROUP_M)
-        expert = tl.load(block_expert + pid_m)
-        if expert >= 0:
-            # HALF_TAIL is a constexpr test of its own: without it no half-height code is compiled.
-            if HALF_TAIL:
-                if fits_half(sorted_slots, pid_m, num_slots, BLOCK_M):
-                    rows_tile(h_half_desc, w_desc, y, sorted_slots, topk_weights, pid_m * BLOCK_M, expert, pid_n,
-                              num_slots, top_k, H, I, y_rows_per_token, y_first_row, BLOCK_M // 2, BLOCK_N, BLOCK_K)
-                else:
-                    rows_tile(h_desc, w_desc, y, sorted_slots, topk_weights, pid_m * BLOCK_M, expert, pid_n,
-                              num_slots, top_k, H, I, y_rows_per_token, y_first_row, BLOCK_M, BLOCK_N, BLOCK_K)
-            else:
-                rows_tile(h_desc, w_desc, y, sorted_slots, topk_weights, pid_m * BLOCK_M, expert, pid_n, num_slots,
-                          top_k, H, I, y_rows_per_token, y_first_row, BLOCK_M, BLOCK_N, BLOCK_K)
+    return h_desc, h_half_desc, w_desc
+
+
+@triton.jit
+def half_or_full_tile(h_desc, h_half_desc, w_desc, y, sorted_slots, topk_weights, pid_m, expert, pid_n, num_slots,
+                      top_k, H, I, y_rows_per_token, y_first_row, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                      BLOCK_K: tl.constexpr, HALF_TAIL: tl.constexpr):
+    """Block pid_m's tile, with HALF_TAIL only its first BLOCK_M / 2 rows where its slots fit there."""
+    if HALF_TAIL:  # a constexpr test of its own: without it no half-height code is compiled
+        if fits_half(sorted_slots, pid_m, num_slots, BLOCK_M):
+            rows_tile(h_half_desc, w_desc, y, sorted_slots, topk_weights, pid_m * BLOCK_M, expert, pid_n, num_slots,
+                      top_k, H, I, y_rows_per_token, y_first_row, BLOCK_M // 2, BLOCK_N, BLOCK_K)
+        else:
+            rows_tile(h_desc, w_desc, y, sorted_slots, topk_weights, pid_m * BLOCK_M, expert, pid_n, num_slots,
+                      top_k, H, I, y_rows_per_token, y_first_row, BLOCK_M, BLOCK_N, BLOCK_K)
+    else:
+        rows_tile(h_desc, w_desc, y, sorted_slots, topk_weights, pid_m * BLOCK_M, expert, pid_n, num_slots, top_k, H,
+                  I, y_rows_per_token, y_first_row, BLOCK_M, BLOCK_N, BLOCK_K)
 
 
 @triton.jit

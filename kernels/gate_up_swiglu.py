@@ -24,17 +24,24 @@ def gate_up_swiglu(x, w13, h, sorted_slots, block_expert, num_slots, top_k, H, I
         persistent_tiles(x, w13, h, sorted_slots, block_expert, num_slots, top_k, H, I, E, num_m_blocks, BLOCK_M,
                          BLOCK_N, BLOCK_K, GROUP_M, HALF_TAIL)
     else:
-        one_tile(x, w13, h, sorted_slots, block_expert, num_slots, top_k, H, I, ROUTED, BLOCK_M, BLOCK_N, BLOCK_K,
-                 JOINED, GROUP_M, TMA)
+        one_tile(x, w13, h, sorted_slots, block_expert, num_slots, top_k, H, I, E, ROUTED, BLOCK_M, BLOCK_N, BLOCK_K,
+                 JOINED, GROUP_M, TMA, HALF_TAIL)
 
 
 @triton.jit
-def one_tile(x, w13, h, sorted_slots, block_expert, num_slots, top_k, H, I, ROUTED: tl.constexpr,
+def one_tile(x, w13, h, sorted_slots, block_expert, num_slots, top_k, H, I, E, ROUTED: tl.constexpr,
              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, JOINED: tl.constexpr,
-             GROUP_M: tl.constexpr, TMA: tl.constexpr):
+             GROUP_M: tl.constexpr, TMA: tl.constexpr, HALF_TAIL: tl.constexpr):
     pid_m, pid_n = tile_coords(I, BLOCK_N, GROUP_M)
     expert = tile_expert(block_expert, pid_m, ROUTED)
     if expert < 0:
+        return
+    if HALF_TAIL:
+        # The persistent tiles' half-height tail blocks (performance-log.md #31, #53) on one
+        # tile per program: joined routed tiles through tensor descriptors only.
+        tl.static_assert(ROUTED and JOINED and TMA, "HALF_TAIL needs a routed, joined TMA tile")
+        half_or_full_tile(x, joined_weights(w13, E, H, I, BLOCK_N, BLOCK_K), h, sorted_slots, pid_m, expert, pid_n,
+                          num_slots, top_k, H, I, BLOCK_M, BLOCK_N, BLOCK_K, HALF_TAIL)
         return
     rows, slots, has_slot = tile_slots(sorted_slots, pid_m, num_slots, BLOCK_M, ROUTED)
     tokens = slots // top_k
@@ -124,22 +131,36 @@ def persistent_tiles(x, w13, h, sorted_slots, block_expert, num_slots, top_k, H,
     seen as [E, 2, I, H]; x's rows are gathered by token, so they stay pointer loads.
     HALF_TAIL as in down_combine.py (m128 t9)."""
     num_n_blocks = tl.cdiv(I, BLOCK_N)
-    w_desc = tl.make_tensor_descriptor(w13, shape=[E, 2, I, H], strides=[2 * I * H, I * H, H, 1],
-                                       block_shape=[1, 2, BLOCK_N, BLOCK_K])
+    w_desc = joined_weights(w13, E, H, I, BLOCK_N, BLOCK_K)
     for tile in tl.range(tl.program_id(0), num_m_blocks * num_n_blocks, tl.num_programs(0)):
         pid_m, pid_n = grouped_tile(tile, num_m_blocks, num_n_blocks, GROUP_M)
         expert = tl.load(block_expert + pid_m)
         if expert >= 0:
-            if HALF_TAIL:  # a constexpr test of its own, as in down_combine.py
-                if fits_half(sorted_slots, pid_m, num_slots, BLOCK_M):
-                    joined_rows_tile(x, w_desc, h, sorted_slots, pid_m * BLOCK_M, expert, pid_n, num_slots, top_k, H,
-                                     I, BLOCK_M // 2, BLOCK_N, BLOCK_K)
-                else:
-                    joined_rows_tile(x, w_desc, h, sorted_slots, pid_m * BLOCK_M, expert, pid_n, num_slots, top_k, H,
-                                     I, BLOCK_M, BLOCK_N, BLOCK_K)
-            else:
-                joined_rows_tile(x, w_desc, h, sorted_slots, pid_m * BLOCK_M, expert, pid_n, num_slots, top_k, H, I,
-                                 BLOCK_M, BLOCK_N, BLOCK_K)
+            half_or_full_tile(x, w_desc, h, sorted_slots, pid_m, expert, pid_n, num_slots, top_k, H, I, BLOCK_M,
+                              BLOCK_N, BLOCK_K, HALF_TAIL)
+
+
+@triton.jit
+def joined_weights(w13, E, H, I, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """A tensor descriptor over w13 seen as [E, 2, I, H], one block the joined gate and up tiles."""
+    return tl.make_tensor_descriptor(w13, shape=[E, 2, I, H], strides=[2 * I * H, I * H, H, 1],
+                                     block_shape=[1, 2, BLOCK_N, BLOCK_K])
+
+
+@triton.jit
+def half_or_full_tile(x, w_desc, h, sorted_slots, pid_m, expert, pid_n, num_slots, top_k, H, I, BLOCK_M: tl.constexpr,
+                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, HALF_TAIL: tl.constexpr):
+    """Block pid_m's tile, with HALF_TAIL only its first BLOCK_M / 2 rows where its slots fit there."""
+    if HALF_TAIL:  # a constexpr test of its own: without it no half-height code is compiled
+        if fits_half(sorted_slots, pid_m, num_slots, BLOCK_M):
+            joined_rows_tile(x, w_desc, h, sorted_slots, pid_m * BLOCK_M, expert, pid_n, num_slots, top_k, H, I,
+                             BLOCK_M // 2, BLOCK_N, BLOCK_K)
+        else:
+            joined_rows_tile(x, w_desc, h, sorted_slots, pid_m * BLOCK_M, expert, pid_n, num_slots, top_k, H, I,
+                             BLOCK_M, BLOCK_N, BLOCK_K)
+    else:
+        joined_rows_tile(x, w_desc, h, sorted_slots, pid_m * BLOCK_M, expert, pid_n, num_slots, top_k, H, I, BLOCK_M,
+                         BLOCK_N, BLOCK_K)
 
 
 @triton.jit
