@@ -69,6 +69,6 @@ def tile_slots(sorted_slots, pid_m, num_slots, BLOCK_M: tl.constexpr, ROUTED: tl
 @triton.jit
 def fits_half(sorted_slots, pid_m, num_slots, BLOCK_M: tl.constexpr):
     """Whether the block's slots fit in its first BLOCK_M / 2 rows (an expert's last
-    block: a block's slots are a prefix), for the persistent tiles' HALF_TAIL."""
+    block: a block's slots are a prefix), for HALF_TAIL."""
     _, _, has_slot = tile_slots(sorted_slots, pid_m, num_slots, BLOCK_M, True)
     return tl.sum(has_slot.to(tl.int32)) <= BLOCK_M // 2

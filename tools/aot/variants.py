@@ -52,7 +52,7 @@ TMA = dict(TMA=True)
 # (#36).
 LAYER_KERNEL = dict(PDL=False)
 DEPENDENT_LAUNCH_TARGETS = ("cuda:90",)
-# Persistent tiles only: a block whose slots fit in its first BLOCK_M / 2 rows (an
+# Persistent or TMA tiles: a block whose slots fit in its first BLOCK_M / 2 rows (an
 # expert's last, mostly padding) multiplies only those (kernels/grouped_gemm.fits_half).
 HALF_TAIL = dict(HALF_TAIL=True)
 
@@ -103,7 +103,9 @@ GATE_UP_TILES = {
            "hip": (64, 64, 8, 2, JOINED | GROUP16)},
           # t7 with half-height tail blocks (performance-log.md #31).
           {"cuda": (128, 64, 8, 3, JOINED | persistent(1) | HALF_TAIL),
-           "hip": (128, 64, 8, 2, JOINED | persistent(1) | HALF_TAIL)}),
+           "hip": (128, 64, 8, 2, JOINED | persistent(1) | HALF_TAIL)},
+          # t5 with half-height tail blocks (performance-log.md #53).
+          {"cuda": (128, 64, 8, 3, JOINED | TMA | HALF_TAIL), "hip": (128, 64, 8, 2, JOINED | TMA | HALF_TAIL)}),
 }
 DOWN_TILES = {
     16: ({"cuda": (64, 128, 4, 4), "hip": (64, 64, 4, 2)},
@@ -124,7 +126,9 @@ DOWN_TILES = {
           {"cuda": (128, 64, 8, 3, persistent(2)), "hip": (128, 64, 8, 2, persistent(2))},
           {"cuda": (256, 64, 8, 3, persistent(1)), "hip": (256, 32, 8, 2, persistent(1))},
           # t6 with half-height tail blocks (performance-log.md #31).
-          {"cuda": (128, 64, 8, 3, persistent(2) | HALF_TAIL), "hip": (128, 64, 8, 2, persistent(2) | HALF_TAIL)}),
+          {"cuda": (128, 64, 8, 3, persistent(2) | HALF_TAIL), "hip": (128, 64, 8, 2, persistent(2) | HALF_TAIL)},
+          # t5 with half-height tail blocks (performance-log.md #53).
+          {"cuda": (256, 64, 8, 3, TMA | HALF_TAIL), "hip": (256, 32, 8, 2, TMA | HALF_TAIL)}),
 }
 # The constexprs a grouped GEMM tile sets unless it says otherwise.
 GATE_UP_DEFAULTS = dict(LAYER_KERNEL, **GROUP8, JOINED=False, TMA=False, PERSISTENT=0, HALF_TAIL=False)
