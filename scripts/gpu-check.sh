@@ -18,19 +18,8 @@ bin=.gpu-build
 [ -f "$bin/bin.tar.xz" ] && tar -C "$bin" -xJf "$bin/bin.tar.xz"
 out=gpu-check-out
 mkdir -p "$out"
-status=0
-# step NAME CMD...: runs CMD with its output in $out/NAME.log, shows the end.
-step() {
-  local name=$1; shift
-  case " ${SKIP:-} " in *" $name "*) echo "== $name: skipped"; return;; esac
-  echo "== $name: $*"
-  "$@" >"$out/$name.log" 2>&1
-  local rc=$?
-  tail -n "${TAIL:-25}" "$out/$name.log"
-  if [ $rc -ne 0 ]; then echo "== $name FAILED (exit $rc)"; status=1; fi
-  # After every step: a call cut off at its time limit still brings back the logs so far.
-  [ -n "${OUT:-}" ] && tar -C "$out" -czf "$OUT/gpu-check-logs.tar.gz" .
-}
+pack=gpu-check-logs.tar.gz
+. "$(dirname "$0")/device-step.sh"
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/card.txt"
 step info "$bin/tmoe" info
