@@ -94,6 +94,15 @@ def routed_cases(models, tokens):
             yield name, m, w13, w2, T, weights, ids, gen
 
 
+def aligned(ids, E, block_m):
+    """(sorted_slots, block_expert, vLLM's routing triple) of ids for BLOCK_M block_m: vLLM's
+    alignment is exactly ours; blocks past the padded total get expert -1, as ours."""
+    sorted_slots, expert_ids, total = peers.vllm_align(ids, E, block_m)
+    m_blocks = sorted_slots.numel() // block_m
+    block_expert = torch.where(torch.arange(m_blocks, device=DEV) * block_m < total, expert_ids, -1).int()
+    return sorted_slots, block_expert, (sorted_slots, expert_ids, total)
+
+
 def rel_err(ours, reference):
     return ((ours.float() - reference).norm() / reference.norm()).item()
 
@@ -109,12 +118,10 @@ def main():
     for name, m, w13, w2, T, weights, ids, gen in routed_cases(models, tokens):
         E, H, I, k = m["E"], m["H"], m["I"], m["k"]
         S = T * k
-        sorted_slots, expert_ids, total = peers.vllm_align(ids, E, BLOCK_M)
+        sorted_slots, block_expert, routing = aligned(ids, E, BLOCK_M)
         capacity = sorted_slots.numel()
         valid = sorted_slots < S
         m_blocks = capacity // BLOCK_M
-        block_expert = torch.where(torch.arange(m_blocks, device=DEV) * BLOCK_M < total, expert_ids, -1).int()
-        routing = (sorted_slots, expert_ids, total)
         if "gate_up" in stages:
             x = torch.randn(T, H, device=DEV, dtype=torch.bfloat16, generator=gen)
             flops = 2 * S * 2 * I * H
