@@ -7,6 +7,9 @@ to row t*y_rows_per_token + j, and the shared expert, run as a dense problem
 sums every row of a token in one pass over out: deterministic, no atomics.
 y is typed as the activations (each expert's output rounded once; the sum is f32),
 so with one row per token and no shared expert, down writes out itself.
+routed_down's COMBINE_LAST (off in the bundled kernel; measured by
+bench/down_combine_probe.py, performance-log.md #54) does combine's sum inside down, in
+the same order, by the last program to write a token's row.
 """
 import triton
 import triton.language as tl
