@@ -58,9 +58,13 @@ def rows_dot_vector(w_rows, v, K, row_ok, BLOCK_N: tl.constexpr, BLOCK_K: tl.con
 
 @triton.jit
 def decode_gate_up_swiglu(x, w13, h, topk_ids, top_k, H, I, ROUTED: tl.constexpr, BLOCK_N: tl.constexpr,
-                          BLOCK_K: tl.constexpr, PDL: tl.constexpr):
+                          BLOCK_K: tl.constexpr, PDL: tl.constexpr, SHARED_READ: tl.constexpr):
     wait_for_previous_kernel(PDL)
     slot, cols, col_ok = row_and_columns(I, BLOCK_N)
+    if SHARED_READ:
+        tl.static_assert(ROUTED, "SHARED_READ: routed slots only")
+        expert_rows_gate_up(x, w13, h, topk_ids, slot, cols, col_ok, top_k, H, I, BLOCK_N, BLOCK_K, SHARED_READ)
+        return
     if ROUTED:
         expert = tl.load(topk_ids + slot).to(tl.int64)
         token = (slot // top_k).to(tl.int64)
@@ -80,6 +84,42 @@ def decode_gate_up_swiglu(x, w13, h, topk_ids, top_k, H, I, ROUTED: tl.constexpr
     up = tl.sum(up, 0)
     out = gate * tl.sigmoid(gate) * up
     tl.store(h + slot.to(tl.int64) * I + cols, out.to(h.dtype.element_ty), mask=col_ok)
+
+
+@triton.jit
+def expert_rows_gate_up(x, w13, h, topk_ids, slot, cols, col_ok, top_k, H, I, BLOCK_N: tl.constexpr,
+                        BLOCK_K: tl.constexpr, SHARED_READ: tl.constexpr):
+    """decode_gate_up_swiglu where several slots share an expert (performance-log.md #55,
+    off in the bundled kernel): the program of the expert's first slot reads its weight
+    tile once for all of them, their tokens' rows of x in the tile's rows (at most
+    VECTOR_ROWS: at decode T <= 16, and a token's slots go to distinct experts); the
+    other slots' programs do nothing. SHARED_READ is the power of two the slot count
+    fits in (T * k, at most 128 at decode)."""
+    tl.static_assert(SHARED_READ >= 16, "SHARED_READ: a power of two of at least 16")
+    num_slots = tl.num_programs(0) // tl.cdiv(I, BLOCK_N)
+    lanes = tl.arange(0, SHARED_READ)
+    expert = tl.load(topk_ids + slot)
+    same = tl.load(topk_ids + lanes, mask=lanes < num_slots, other=-1) == expert
+    if tl.min(tl.where(same, lanes, SHARED_READ)) == slot:
+        # Tile row r takes the r-th slot of this expert.
+        rank = tl.cumsum(same.to(tl.int32), 0) - 1
+        pick = same[None, :] & (rank[None, :] == tl.arange(0, VECTOR_ROWS)[:, None])
+        row_slot = tl.sum(tl.where(pick, lanes[None, :], 0), 1)
+        row_ok = tl.max(pick.to(tl.int32), 1) > 0
+        x_rows = x + (row_slot // top_k).to(tl.int64) * H
+        gate_rows = w13 + expert.to(tl.int64) * 2 * I * H + cols.to(tl.int64) * H
+        up_rows = gate_rows + I.to(tl.int64) * H
+        ks = tl.arange(0, BLOCK_K)
+        gate = tl.zeros([VECTOR_ROWS, BLOCK_N], tl.float32)
+        up = tl.zeros([VECTOR_ROWS, BLOCK_N], tl.float32)
+        for k0 in range(0, H, BLOCK_K):
+            x_tile = tl.load(x_rows[:, None] + k0 + ks[None, :], mask=row_ok[:, None] & (ks < H - k0)[None, :],
+                             other=0.0)
+            gate = tl.dot(x_tile, weight_tile(gate_rows, k0, H, col_ok, BLOCK_K), gate)
+            up = tl.dot(x_tile, weight_tile(up_rows, k0, H, col_ok, BLOCK_K), up)
+        out = gate * tl.sigmoid(gate) * up
+        tl.store(h + row_slot.to(tl.int64)[:, None] * I + cols[None, :], out.to(h.dtype.element_ty),
+                 mask=row_ok[:, None] & col_ok[None, :])
 
 
 @triton.jit
