@@ -8,7 +8,7 @@ is compared again after each of ten more runs.
 Times: down alone, down + combine, down with COMBINE_LAST, each one CUDA-graph replay
 with L2 flushed before it.
 
-Usage (GPU machine, repository root; .peers/ as in bench/README.md, for the routing):
+Usage (GPU machine, repository root):
   PYTHONPATH=. python3 bench/down_combine_probe.py   [env MODELS=qwen3-30b-a3b,... TOKENS=256,8192]
 """
 import json
