@@ -8,6 +8,12 @@ When a bundle built for this GPU exists (TMOE_BUNDLE_DIR, default build-aot/kern
 every stage first runs from its precompiled binaries through the CUDA driver, with
 params filled by name from the manifest as the C++ runtime does; then every stage
 runs through Triton's JIT with the tiles of tools/aot/variants.py.
+
+With --interpret the same checks run in Triton's interpreter on a machine without a
+GPU (torch for the CPU needed; fp16 and f32 only, as the interpreter has no bf16
+arithmetic; smaller cases), with the H100's configs, and then every routed GEMM tile
+of every BLOCK_M in a layer (persistent ones on a small grid): a check of kernel
+logic before a device call, not of the compiled code.
 Prints every failure, each layer case, a line per section and a summary; exits 1 on any failure.
 """
 import argparse
@@ -19,8 +25,13 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-import triton
+# Triton reads this when it defines the kernels: set before they are imported.
+INTERPRET = "--interpret" in sys.argv
+if INTERPRET:
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import torch  # noqa: E402
+import triton  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
@@ -29,7 +40,9 @@ sys.path.insert(0, str(REPO / "tools" / "aot"))
 import variants as matrix  # noqa: E402
 from kernels import align, down_combine, gate_up_swiglu, route  # noqa: E402
 
-DEVICE = "cuda"
+DEVICE = "cpu" if INTERPRET else "cuda"
+INTERPRETED_TARGET = "cuda:90"  # whose configs the interpreter runs (it ignores warps and stages)
+INTERPRETED_MULTIPROCESSORS = 2  # the persistent tiles' grid cap, small so that programs walk tiles
 TORCH_DTYPE = {"bf16": torch.bfloat16, "f16": torch.float16, "f32": torch.float32}
 POINTEE = {"*bf16": torch.bfloat16, "*fp16": torch.float16, "*fp32": torch.float32, "*i32": torch.int32}
 MODES = {"softmax_topk": 0, "topk_softmax": 1, "sigmoid_grouped_topk": 2}
@@ -65,18 +78,26 @@ def poisoned(shape, dtype):
 # ----------------------------------------------------------------------------- launchers
 
 def device_target():
+    if INTERPRET:
+        return INTERPRETED_TARGET
     major, minor = torch.cuda.get_device_capability()
     return f"cuda:{major}{minor}"
 
 
+def multiprocessors():
+    return INTERPRETED_MULTIPROCESSORS if INTERPRET else torch.cuda.get_device_properties(0).multi_processor_count
+
+
 class JitLauncher:
     """Launches the Triton sources with this device's configs of the AOT matrix."""
-    name = "jit"
+    name = "interpreter" if INTERPRET else "jit"
 
     def __init__(self):
         self.variants = {(v.kernel, v.name): v for v in matrix.all_variants()}
         self.target = device_target()
         self.dummies = {}
+        # The TMA tiles build their tensor descriptors in scratch from here (the library's workspace).
+        triton.set_allocator(lambda size, alignment, stream: torch.empty(size, device=DEVICE, dtype=torch.int8))
 
     def constexprs(self, kernel, variant):
         return matrix.target_config(self.variants[kernel, variant].configs, self.target).constexprs
@@ -88,8 +109,10 @@ class JitLauncher:
             if value is None:  # absent pointer: any tensor of the type, never read
                 ty = v.types[arg]
                 params[arg] = self.dummies.setdefault(ty, torch.zeros(16, dtype=POINTEE[ty], device=DEVICE))
-        FUNCTIONS[kernel][(grid, )](**params, **config.constexprs, num_warps=config.num_warps,
-                                    num_stages=config.num_stages)
+        constexprs = dict(config.constexprs)
+        if INTERPRET and constexprs.get("PDL"):
+            constexprs["PDL"] = False  # the interpreter runs no inline PTX (the dependent launch's wait)
+        FUNCTIONS[kernel][(grid, )](**params, **constexprs, num_warps=config.num_warps, num_stages=config.num_stages)
 
 
 class AotLauncher:
@@ -213,8 +236,10 @@ def run_align(launcher, ids, E, block_m, chunk, one_launch=False):
     return out
 
 
-def moe_forward(launcher, x, w13, w2, block_m, logits=None, routing=None, ids=None, weights=None, shared=None):
-    """The whole layer: route (from logits), align, routed GEMMs, shared expert, combine."""
+def moe_forward(launcher, x, w13, w2, block_m, logits=None, routing=None, ids=None, weights=None, shared=None,
+                tiles=(0, 0)):
+    """The whole layer: route (from logits), align, routed GEMMs (gate_up and down tiles `tiles`
+    of BLOCK_M block_m), shared expert, combine."""
     T, H = x.shape
     E, I = w13.shape[0], w13.shape[1] // 2
     dtype = "bf16" if x.dtype == torch.bfloat16 else "f16"
@@ -225,28 +250,31 @@ def moe_forward(launcher, x, w13, w2, block_m, logits=None, routing=None, ids=No
     al = run_align(launcher, ids, E, block_m, align_chunk(slots))
     capacity = al["sorted_slots"].numel()
 
-    def gemm_variant(mode, block, *dims):
-        """The hinted variant of BLOCK_M block (tile t0) when the dims allow it, else the fallback. Routed
-        GEMMs must match the alignment's block_m; a dense one (shared expert) picks freely."""
+    def gemm_variant(mode, block, *dims, tile=0):
+        """The hinted variant of BLOCK_M block (tile `tile`) when the dims allow it, else the fallback.
+        Routed GEMMs must match the alignment's block_m; a dense one (shared expert) picks freely."""
         if all(d % 16 == 0 for d in dims) and block != matrix.FALLBACK_BLOCK_M:
-            return f"{dtype}_{mode}_m{block}_t0_div16", block
+            return f"{dtype}_{mode}_m{block}_t{tile}_div16", block
         if mode == "dense" or block == matrix.FALLBACK_BLOCK_M:
             return f"{dtype}_{mode}_m{matrix.FALLBACK_BLOCK_M}_any", matrix.FALLBACK_BLOCK_M
         raise ValueError(f"H={H}, I={I}: not multiples of 16, align with block_m {matrix.FALLBACK_BLOCK_M}")
 
-    def n_blocks(kernel, variant, N):
-        return triton.cdiv(N, launcher.constexprs(kernel, variant)["BLOCK_N"])
+    def grid(kernel, variant, m_blocks, N):
+        """A program per tile; a persistent tile's grid capped at PERSISTENT per multiprocessor, as the host's."""
+        c = launcher.constexprs(kernel, variant)
+        programs = m_blocks * triton.cdiv(N, c["BLOCK_N"])
+        return min(programs, c["PERSISTENT"] * multiprocessors()) if c.get("PERSISTENT") else programs
 
     rows_per_token = k + (shared is not None)
     out = poisoned((T, H), x.dtype)
     y = out if rows_per_token == 1 else poisoned((T * rows_per_token, H), x.dtype)
     h = poisoned((capacity, I), x.dtype)
-    v, _ = gemm_variant("routed", block_m, H, I)
-    launcher.launch("gate_up_swiglu", v, capacity // block_m * n_blocks("gate_up_swiglu", v, I), x=x, w13=w13, h=h,
+    v, _ = gemm_variant("routed", block_m, H, I, tile=tiles[0])
+    launcher.launch("gate_up_swiglu", v, grid("gate_up_swiglu", v, capacity // block_m, I), x=x, w13=w13, h=h,
                     sorted_slots=al["sorted_slots"], block_expert=al["block_expert"], num_slots=slots, top_k=k, H=H,
                     I=I, E=E, num_m_blocks=capacity // block_m)
-    v, _ = gemm_variant("routed", block_m, H, I)
-    launcher.launch("down", v, capacity // block_m * n_blocks("down", v, H), h=h, w2=w2, y=y,
+    v, _ = gemm_variant("routed", block_m, H, I, tile=tiles[1])
+    launcher.launch("down", v, grid("down", v, capacity // block_m, H), h=h, w2=w2, y=y,
                     sorted_slots=al["sorted_slots"], block_expert=al["block_expert"], topk_weights=weights,
                     num_slots=slots, top_k=k, H=H, I=I, E=E, num_m_blocks=capacity // block_m,
                     y_rows_per_token=rows_per_token, y_first_row=0)
@@ -256,10 +284,10 @@ def moe_forward(launcher, x, w13, w2, block_m, logits=None, routing=None, ids=No
         h_shared = poisoned((T, Is), x.dtype)
         v, dense_block_m = gemm_variant("dense", block_m, H, Is)
         m_blocks = triton.cdiv(T, dense_block_m)
-        launcher.launch("gate_up_swiglu", v, m_blocks * n_blocks("gate_up_swiglu", v, Is), x=x, w13=shared_w13,
+        launcher.launch("gate_up_swiglu", v, grid("gate_up_swiglu", v, m_blocks, Is), x=x, w13=shared_w13,
                         h=h_shared, sorted_slots=None, block_expert=None, num_slots=T, top_k=1, H=H, I=Is, E=1,
                         num_m_blocks=m_blocks)
-        launcher.launch("down", v, m_blocks * n_blocks("down", v, H), h=h_shared, w2=shared_w2, y=y,
+        launcher.launch("down", v, grid("down", v, m_blocks, H), h=h_shared, w2=shared_w2, y=y,
                         sorted_slots=None, block_expert=None, topk_weights=None, num_slots=T, top_k=1, H=H, I=Is,
                         E=1, num_m_blocks=m_blocks, y_rows_per_token=rows_per_token, y_first_row=k)
     if rows_per_token > 1:
@@ -417,23 +445,25 @@ def test_route(launcher):
         cases.append((E, dict(mode="sigmoid_grouped_topk", k=k, n_group=n_group, topk_group=topk_group,
                               renormalize=renorm, scale=2.5, bias=bias)))
     for E, routing in cases:
-        for logits_dtype in ("f32", "bf16", "f16"):
-            T = 1000 if logits_dtype == "f32" else 17
+        for logits_dtype in ("f32", "f16") if INTERPRET else ("f32", "bf16", "f16"):
+            T = 24 if INTERPRET else 1000 if logits_dtype == "f32" else 17
             logits = torch.randn(T, E, generator=g, device=DEVICE).to(TORCH_DTYPE[logits_dtype])
             check_route(launcher, f"route {routing['mode']} E={E} k={routing['k']} {logits_dtype}", logits, routing)
     # Quantised logits and bias: exact ties everywhere, the tie-break rule decides.
     for routing in (dict(mode="softmax_topk", k=8, renormalize=True), dict(mode="topk_softmax", k=4),
                     dict(mode="sigmoid_grouped_topk", k=8, n_group=8, topk_group=4, renormalize=True, scale=2.5,
                          bias=torch.randint(-2, 3, (128, ), generator=g, device=DEVICE).float() / 8)):
-        logits = torch.randint(-4, 5, (256, 128), generator=g, device=DEVICE).to(torch.bfloat16)
+        logits = torch.randint(-4, 5, (24 if INTERPRET else 256, 128), generator=g,
+                               device=DEVICE).to(torch.float16 if INTERPRET else torch.bfloat16)
         check_route(launcher, f"route {routing['mode']} ties", logits, routing)
     # A NaN logit in every third row ranks as -inf: k experts per row all the same.
     for routing in (dict(mode="softmax_topk", k=8, renormalize=True), dict(mode="topk_softmax", k=4),
                     dict(mode="sigmoid_grouped_topk", k=8, n_group=8, topk_group=4, renormalize=True, scale=2.5,
                          bias=torch.randn(256, generator=g, device=DEVICE) * 0.1)):
         E = 256 if routing["mode"] == "sigmoid_grouped_topk" else 128
-        logits = torch.randn(300, E, generator=g, device=DEVICE)
-        logits[torch.arange(0, 300, 3, device=DEVICE), torch.randint(0, E, (100, ), generator=g, device=DEVICE)] = math.nan
+        T = 30 if INTERPRET else 300
+        logits = torch.randn(T, E, generator=g, device=DEVICE)
+        logits[torch.arange(0, T, 3, device=DEVICE), torch.randint(0, E, (T // 3, ), generator=g, device=DEVICE)] = math.nan
         check_route(launcher, f"route {routing['mode']} NaN logits", logits, routing)
 
 
@@ -443,6 +473,8 @@ def test_align(launcher):
              (65536, 256, 16, "uniform"), (65536, 256, 128, "skewed"), (65536, 256, 64, "one"), (3, 1000, 32, "uniform"),
              (20000, 1000, 16, "uniform")]
     for slots, E, block_m, kind in cases:
+        if INTERPRET and slots > INTERPRETED_MAX_SLOTS:
+            continue
         if kind == "uniform":
             ids = torch.randint(0, E, (slots, ), generator=g, device=DEVICE)
         elif kind == "skewed":
@@ -474,6 +506,15 @@ PIPELINE_CASES = [  # T, H, I, E, k, dtype, block_m, routing (None: ids given), 
                                            renormalize=False, scale=1.0), 0),
     (17, 144, 208, 8, 1, "bf16", 128, None, 64),
 ]
+# Interpreted: fp16 only (the interpreter has no bf16 arithmetic), and small.
+INTERPRETED_CASES = [
+    (1, 64, 96, 8, 2, "f16", 16, dict(mode="softmax_topk", renormalize=True), 0),
+    (17, 48, 40, 8, 2, "f16", 32, dict(mode="topk_softmax"), 24),
+    (40, 64, 64, 64, 8, "f16", 64, dict(mode="sigmoid_grouped_topk", n_group=8, topk_group=4, renormalize=True,
+                                         scale=2.5), 32),
+    (60, 128, 96, 8, 2, "f16", 128, None, 0),
+]
+INTERPRETED_MAX_SLOTS = 5000
 
 
 def make_problem(case, seed):
@@ -521,28 +562,62 @@ def test_pipeline(launcher, cases):
         report(name, ok, f"rel L2 {error:.1e} (tolerance {tolerance:.0e})", always=True)
 
 
+def test_tiles(launcher):
+    """Every routed gate_up and down tile of every BLOCK_M in a layer (the other GEMM on t0), on
+    given ids that put three quarters of the slots on expert 0: experts end in blocks both
+    fuller and emptier than half (HALF_TAIL's two paths), and persistent tiles walk several."""
+    for block_m in matrix.GATE_UP_TILES:
+        pairs = [(g, 0) for g in range(len(matrix.GATE_UP_TILES[block_m]))]
+        pairs += [(0, d) for d in range(1, len(matrix.DOWN_TILES[block_m]))]
+        for T in (3 * block_m // 4, 5 * block_m // 2):
+            case = (T, 64, 96, 4, 2, "f16", block_m, None, 0)
+            problem = make_problem(case, seed=7 * block_m + T)
+            ref = layer_reference(problem["x"], problem["w13"], problem["w2"], problem["ids"].long(),
+                                  problem["weights"], None)
+            for tiles in pairs:
+                name = f"{launcher.name} tiles m{block_m} gate_up t{tiles[0]} down t{tiles[1]} T={T}"
+                try:
+                    out, _, _ = moe_forward(launcher, **problem, tiles=tiles)
+                except Exception as error:  # reported, and the other tiles still run
+                    report(name, False, f"{type(error).__name__}: {error}")
+                    continue
+                error = float((out.double() - ref).norm() / ref.norm())
+                report(name, bool(torch.isfinite(out).all()) and error <= 2e-3, f"rel L2 {error:.1e} (tolerance 2e-3)")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=("aot", "jit"), help="run only the bundle's binaries, or only the JIT")
+    parser.add_argument("--interpret", action="store_true",
+                        help=f"Triton's interpreter on the CPU, {INTERPRETED_TARGET}'s configs, smaller cases")
     args = parser.parse_args()
     start = time.time()
-    print(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}", flush=True)
-    if args.only != "jit":
-        bundle_dir = Path(os.environ.get("TMOE_BUNDLE_DIR", REPO / "build-aot" / "kernels"))
-        target = device_target()
-        if (bundle_dir / "manifest.json").exists() and target in matrix.TARGETS:
-            aot = AotLauncher(bundle_dir, target)
-            section("aot route", test_route, aot)
-            section("aot align", test_align, aot)
-            section("aot layer", test_pipeline, aot, PIPELINE_CASES)
-        else:
-            print(f"no bundle for {target} in {bundle_dir}: the AOT binaries were not run", flush=True)
-    if args.only != "aot":
-        # After the bundle, which needs no compiling: the JIT compiles every specialisation it meets.
+    if args.interpret:
+        print(f"Triton's interpreter on the CPU ({INTERPRETED_TARGET}'s configs), torch {torch.__version__}, "
+              f"triton {triton.__version__}", flush=True)
         jit = JitLauncher()
-        section("jit route", test_route, jit)
-        section("jit align", test_align, jit)
-        section("jit layer", test_pipeline, jit, PIPELINE_CASES)
+        section("interpreted route", test_route, jit)
+        section("interpreted align", test_align, jit)
+        section("interpreted layer", test_pipeline, jit, INTERPRETED_CASES)
+        section("interpreted tiles", test_tiles, jit)
+    else:
+        print(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}", flush=True)
+        if args.only != "jit":
+            bundle_dir = Path(os.environ.get("TMOE_BUNDLE_DIR", REPO / "build-aot" / "kernels"))
+            target = device_target()
+            if (bundle_dir / "manifest.json").exists() and target in matrix.TARGETS:
+                aot = AotLauncher(bundle_dir, target)
+                section("aot route", test_route, aot)
+                section("aot align", test_align, aot)
+                section("aot layer", test_pipeline, aot, PIPELINE_CASES)
+            else:
+                print(f"no bundle for {target} in {bundle_dir}: the AOT binaries were not run", flush=True)
+        if args.only != "aot":
+            # After the bundle, which needs no compiling: the JIT compiles every specialisation it meets.
+            jit = JitLauncher()
+            section("jit route", test_route, jit)
+            section("jit align", test_align, jit)
+            section("jit layer", test_pipeline, jit, PIPELINE_CASES)
     failed = RESULTS.count(False)
     print(f"summary: {len(RESULTS) - failed} passed, {failed} failed, {time.time() - start:.0f} s", flush=True)
     sys.exit(1 if failed else 0)
