@@ -12,8 +12,8 @@ runs through Triton's JIT with the tiles of tools/aot/variants.py.
 With --interpret the same checks run in Triton's interpreter on a machine without a
 GPU (torch for the CPU needed; fp16 and f32 only, as the interpreter has no bf16
 arithmetic; smaller cases), with the H100's configs, and then every routed GEMM tile
-of every BLOCK_M in a layer (persistent ones on a small grid): a check of kernel
-logic before a device call, not of the compiled code.
+of every BLOCK_M in a layer (persistent ones on a small grid) and every decode tile:
+a check of kernel logic before a device call, not of the compiled code.
 Prints every failure, each layer case, a line per section and a summary; exits 1 on any failure.
 """
 import argparse
@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tools" / "aot"))
 
 import variants as matrix  # noqa: E402
-from kernels import align, down_combine, gate_up_swiglu, route  # noqa: E402
+from kernels import align, decode, down_combine, gate_up_swiglu, route  # noqa: E402
 
 DEVICE = "cpu" if INTERPRET else "cuda"
 INTERPRETED_TARGET = "cuda:90"  # whose configs the interpreter runs (it ignores warps and stages)
@@ -49,7 +49,8 @@ MODES = {"softmax_topk": 0, "topk_softmax": 1, "sigmoid_grouped_topk": 2}
 FUNCTIONS = {"route": route.route, "align_count": align.align_count, "align_scatter": align.align_scatter,
              "align_count_scatter": align.align_count_scatter,
              "gate_up_swiglu": gate_up_swiglu.gate_up_swiglu, "down": down_combine.down,
-             "combine": down_combine.combine}
+             "combine": down_combine.combine, "decode_gate_up_swiglu": decode.decode_gate_up_swiglu,
+             "decode_down_combine": decode.decode_down_combine}
 RESULTS = []
 
 
@@ -585,6 +586,64 @@ def test_tiles(launcher):
                 report(name, bool(torch.isfinite(out).all()) and error <= 2e-3, f"rel L2 {error:.1e} (tolerance 2e-3)")
 
 
+def decode_forward(launcher, x, w13, w2, ids, weights, shared=None, tiles=(0, 0)):
+    """The decode path (docs/kernels.md): both decode kernels with tiles `tiles`, the shared expert's
+    gate_up on the dense variant of the same tile."""
+    T, H = x.shape
+    I = w13.shape[1] // 2
+    k = ids.shape[1]
+    dtype = "bf16" if x.dtype == torch.bfloat16 else "f16"
+
+    def launch(kernel, variant, rows, N, **params):
+        launcher.launch(kernel, variant, rows * triton.cdiv(N, launcher.constexprs(kernel, variant)["BLOCK_N"]),
+                        **params)
+
+    h = poisoned((T * k, I), x.dtype)
+    launch("decode_gate_up_swiglu", f"{dtype}_routed_t{tiles[0]}", T * k, I, x=x, w13=w13, h=h, topk_ids=ids,
+           top_k=k, H=H, I=I)
+    h_shared, shared_w2, shared_I = None, None, 0
+    if shared is not None:
+        shared_w13, shared_w2 = shared
+        shared_I = shared_w2.shape[1]
+        h_shared = poisoned((T, shared_I), x.dtype)
+        launch("decode_gate_up_swiglu", f"{dtype}_dense_t{tiles[0]}", T, shared_I, x=x, w13=shared_w13, h=h_shared,
+               topk_ids=None, top_k=1, H=H, I=shared_I)
+    out = poisoned((T, H), x.dtype)
+    launch("decode_down_combine", f"{dtype}_{'routed' if shared is None else 'shared'}_t{tiles[1]}", T, H, h=h,
+           w2=w2, out=out, topk_ids=ids, topk_weights=weights, h_shared=h_shared, shared_w2=shared_w2, top_k=k,
+           H=H, I=I, shared_I=shared_I)
+    return out
+
+
+def test_decode(launcher):
+    """The decode path at T = 1-16, with and without a shared expert, experts shared by several
+    slots or not; in the interpreter every gate_up and down tile (the other on t0), on a GPU t0."""
+    up_tiles, down_tiles = len(matrix.DECODE_GATE_UP_TILES), len(matrix.DECODE_DOWN_TILES)
+    pairs = ([(g, 0) for g in range(up_tiles)] + [(0, d) for d in range(1, down_tiles)]) if INTERPRET else [(0, 0)]
+    dtypes = ("f16",) if INTERPRET else ("bf16", "f16")
+    for T, H, I, E, k, shared_I in ((1, 64, 96, 8, 2, 0), (4, 64, 96, 8, 2, 32), (16, 128, 64, 128, 8, 0),
+                                    (3, 48, 32, 16, 5, 48)):
+        for dtype in dtypes:
+            problem = make_problem((T, H, I, E, k, dtype, 16, None, shared_I), seed=31 * T + k)
+            ids = torch.rand(T, E, generator=torch.Generator(device=DEVICE).manual_seed(T), device=DEVICE)
+            ids = ids.topk(k, dim=1).indices.to(torch.int32).contiguous()  # distinct experts per token, as routed
+            ref = layer_reference(problem["x"], problem["w13"], problem["w2"], ids.long(), problem["weights"],
+                                  problem.get("shared"))
+            for tiles in pairs:
+                name = (f"{launcher.name} decode T={T} H={H} I={I} E={E} k={k} {dtype}"
+                        f"{f' shared={shared_I}' if shared_I else ''} gate_up t{tiles[0]} down t{tiles[1]}")
+                try:
+                    out = decode_forward(launcher, problem["x"], problem["w13"], problem["w2"], ids,
+                                         problem["weights"], problem.get("shared"), tiles)
+                except Exception as error:  # reported, and the other cases still run
+                    report(name, False, f"{type(error).__name__}: {error}")
+                    continue
+                error = float((out.double() - ref).norm() / ref.norm())
+                tolerance = 1e-2 if dtype == "bf16" else 2e-3
+                report(name, bool(torch.isfinite(out).all()) and error <= tolerance,
+                       f"rel L2 {error:.1e} (tolerance {tolerance:.0e})")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=("aot", "jit"), help="run only the bundle's binaries, or only the JIT")
@@ -600,6 +659,7 @@ def main():
         section("interpreted align", test_align, jit)
         section("interpreted layer", test_pipeline, jit, INTERPRETED_CASES)
         section("interpreted tiles", test_tiles, jit)
+        section("interpreted decode", test_decode, jit)
     else:
         print(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}", flush=True)
         if args.only != "jit":
@@ -618,6 +678,7 @@ def main():
             section("jit route", test_route, jit)
             section("jit align", test_align, jit)
             section("jit layer", test_pipeline, jit, PIPELINE_CASES)
+            section("jit decode", test_decode, jit)
     failed = RESULTS.count(False)
     print(f"summary: {len(RESULTS) - failed} passed, {failed} failed, {time.time() - start:.0f} s", flush=True)
     sys.exit(1 if failed else 0)
