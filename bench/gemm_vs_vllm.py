@@ -58,7 +58,7 @@ def tile_forms(tiles, defaults):
         elif c["PERSISTENT"] or c["TMA"]:
             if not c["HALF_TAIL"]:
                 yield f"t{index} +half", variants.Config(dict(c, HALF_TAIL=True), config.num_warps, config.num_stages)
-        elif not c["TMA"]:
+        else:
             yield f"t{index} +tma", variants.Config(dict(c, TMA=True), config.num_warps, config.num_stages)
 
 

@@ -237,6 +237,14 @@ def run_align(launcher, ids, E, block_m, chunk, one_launch=False):
     return out
 
 
+def tile_programs(launcher, kernel, variant, rows, N):
+    """A program per (row block, BLOCK_N columns of N); a persistent tile's grid capped at
+    PERSISTENT per multiprocessor, as the host's."""
+    c = launcher.constexprs(kernel, variant)
+    programs = rows * triton.cdiv(N, c["BLOCK_N"])
+    return min(programs, c["PERSISTENT"] * multiprocessors()) if c.get("PERSISTENT") else programs
+
+
 def moe_forward(launcher, x, w13, w2, block_m, logits=None, routing=None, ids=None, weights=None, shared=None,
                 tiles=(0, 0)):
     """The whole layer: route (from logits), align, routed GEMMs (gate_up and down tiles `tiles`
@@ -260,22 +268,16 @@ def moe_forward(launcher, x, w13, w2, block_m, logits=None, routing=None, ids=No
             return f"{dtype}_{mode}_m{matrix.FALLBACK_BLOCK_M}_any", matrix.FALLBACK_BLOCK_M
         raise ValueError(f"H={H}, I={I}: not multiples of 16, align with block_m {matrix.FALLBACK_BLOCK_M}")
 
-    def grid(kernel, variant, m_blocks, N):
-        """A program per tile; a persistent tile's grid capped at PERSISTENT per multiprocessor, as the host's."""
-        c = launcher.constexprs(kernel, variant)
-        programs = m_blocks * triton.cdiv(N, c["BLOCK_N"])
-        return min(programs, c["PERSISTENT"] * multiprocessors()) if c.get("PERSISTENT") else programs
-
     rows_per_token = k + (shared is not None)
     out = poisoned((T, H), x.dtype)
     y = out if rows_per_token == 1 else poisoned((T * rows_per_token, H), x.dtype)
     h = poisoned((capacity, I), x.dtype)
     v, _ = gemm_variant("routed", block_m, H, I, tile=tiles[0])
-    launcher.launch("gate_up_swiglu", v, grid("gate_up_swiglu", v, capacity // block_m, I), x=x, w13=w13, h=h,
-                    sorted_slots=al["sorted_slots"], block_expert=al["block_expert"], num_slots=slots, top_k=k, H=H,
-                    I=I, E=E, num_m_blocks=capacity // block_m)
+    launcher.launch("gate_up_swiglu", v, tile_programs(launcher, "gate_up_swiglu", v, capacity // block_m, I), x=x,
+                    w13=w13, h=h, sorted_slots=al["sorted_slots"], block_expert=al["block_expert"], num_slots=slots,
+                    top_k=k, H=H, I=I, E=E, num_m_blocks=capacity // block_m)
     v, _ = gemm_variant("routed", block_m, H, I, tile=tiles[1])
-    launcher.launch("down", v, grid("down", v, capacity // block_m, H), h=h, w2=w2, y=y,
+    launcher.launch("down", v, tile_programs(launcher, "down", v, capacity // block_m, H), h=h, w2=w2, y=y,
                     sorted_slots=al["sorted_slots"], block_expert=al["block_expert"], topk_weights=weights,
                     num_slots=slots, top_k=k, H=H, I=I, E=E, num_m_blocks=capacity // block_m,
                     y_rows_per_token=rows_per_token, y_first_row=0)
@@ -285,10 +287,10 @@ def moe_forward(launcher, x, w13, w2, block_m, logits=None, routing=None, ids=No
         h_shared = poisoned((T, Is), x.dtype)
         v, dense_block_m = gemm_variant("dense", block_m, H, Is)
         m_blocks = triton.cdiv(T, dense_block_m)
-        launcher.launch("gate_up_swiglu", v, grid("gate_up_swiglu", v, m_blocks, Is), x=x, w13=shared_w13,
-                        h=h_shared, sorted_slots=None, block_expert=None, num_slots=T, top_k=1, H=H, I=Is, E=1,
-                        num_m_blocks=m_blocks)
-        launcher.launch("down", v, grid("down", v, m_blocks, H), h=h_shared, w2=shared_w2, y=y,
+        launcher.launch("gate_up_swiglu", v, tile_programs(launcher, "gate_up_swiglu", v, m_blocks, Is), x=x,
+                        w13=shared_w13, h=h_shared, sorted_slots=None, block_expert=None, num_slots=T, top_k=1, H=H,
+                        I=Is, E=1, num_m_blocks=m_blocks)
+        launcher.launch("down", v, tile_programs(launcher, "down", v, m_blocks, H), h=h_shared, w2=shared_w2, y=y,
                         sorted_slots=None, block_expert=None, topk_weights=None, num_slots=T, top_k=1, H=H, I=Is,
                         E=1, num_m_blocks=m_blocks, y_rows_per_token=rows_per_token, y_first_row=k)
     if rows_per_token > 1:
@@ -464,7 +466,8 @@ def test_route(launcher):
         E = 256 if routing["mode"] == "sigmoid_grouped_topk" else 128
         T = 30 if INTERPRET else 300
         logits = torch.randn(T, E, generator=g, device=DEVICE)
-        logits[torch.arange(0, T, 3, device=DEVICE), torch.randint(0, E, (T // 3, ), generator=g, device=DEVICE)] = math.nan
+        nan_lanes = torch.randint(0, E, (T // 3, ), generator=g, device=DEVICE)
+        logits[torch.arange(0, T, 3, device=DEVICE), nan_lanes] = math.nan
         check_route(launcher, f"route {routing['mode']} NaN logits", logits, routing)
 
 
@@ -543,6 +546,14 @@ def make_problem(case, seed):
     return problem
 
 
+def report_layer(name, out, ref, dtype, always=False):
+    """A layer's output against its float64 reference: finite, and within the dtype's relative L2 bound."""
+    error = float((out.double() - ref).norm() / ref.norm())
+    tolerance = 1e-2 if dtype == "bf16" else 2e-3
+    report(name, bool(torch.isfinite(out).all()) and error <= tolerance,
+           f"rel L2 {error:.1e} (tolerance {tolerance:.0e})", always)
+
+
 def test_pipeline(launcher, cases):
     for i, case in enumerate(cases):
         T, H, I, E, k, dtype, block_m, routing, shared_I = case
@@ -557,10 +568,7 @@ def test_pipeline(launcher, cases):
         except Exception as error:  # reported, and the other cases still run
             report(name, False, f"{type(error).__name__}: {error}")
             continue
-        error = float((out.double() - ref).norm() / ref.norm())
-        tolerance = 1e-2 if dtype == "bf16" else 2e-3
-        ok = bool(torch.isfinite(out).all()) and error <= tolerance
-        report(name, ok, f"rel L2 {error:.1e} (tolerance {tolerance:.0e})", always=True)
+        report_layer(name, out, ref, dtype, always=True)
 
 
 def test_tiles(launcher):
@@ -582,8 +590,7 @@ def test_tiles(launcher):
                 except Exception as error:  # reported, and the other tiles still run
                     report(name, False, f"{type(error).__name__}: {error}")
                     continue
-                error = float((out.double() - ref).norm() / ref.norm())
-                report(name, bool(torch.isfinite(out).all()) and error <= 2e-3, f"rel L2 {error:.1e} (tolerance 2e-3)")
+                report_layer(name, out, ref, "f16")
 
 
 def decode_forward(launcher, x, w13, w2, ids, weights, shared=None, tiles=(0, 0)):
@@ -595,8 +602,7 @@ def decode_forward(launcher, x, w13, w2, ids, weights, shared=None, tiles=(0, 0)
     dtype = "bf16" if x.dtype == torch.bfloat16 else "f16"
 
     def launch(kernel, variant, rows, N, **params):
-        launcher.launch(kernel, variant, rows * triton.cdiv(N, launcher.constexprs(kernel, variant)["BLOCK_N"]),
-                        **params)
+        launcher.launch(kernel, variant, tile_programs(launcher, kernel, variant, rows, N), **params)
 
     h = poisoned((T * k, I), x.dtype)
     launch("decode_gate_up_swiglu", f"{dtype}_routed_t{tiles[0]}", T * k, I, x=x, w13=w13, h=h, topk_ids=ids,
@@ -638,10 +644,7 @@ def test_decode(launcher):
                 except Exception as error:  # reported, and the other cases still run
                     report(name, False, f"{type(error).__name__}: {error}")
                     continue
-                error = float((out.double() - ref).norm() / ref.norm())
-                tolerance = 1e-2 if dtype == "bf16" else 2e-3
-                report(name, bool(torch.isfinite(out).all()) and error <= tolerance,
-                       f"rel L2 {error:.1e} (tolerance {tolerance:.0e})")
+                report_layer(name, out, ref, dtype)
 
 
 def main():
@@ -661,7 +664,8 @@ def main():
         section("interpreted tiles", test_tiles, jit)
         section("interpreted decode", test_decode, jit)
     else:
-        print(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}", flush=True)
+        print(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}",
+              flush=True)
         if args.only != "jit":
             bundle_dir = Path(os.environ.get("TMOE_BUNDLE_DIR", REPO / "build-aot" / "kernels"))
             target = device_target()
