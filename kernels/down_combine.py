@@ -7,9 +7,6 @@ to row t*y_rows_per_token + j, and the shared expert, run as a dense problem
 sums every row of a token in one pass over out: deterministic, no atomics.
 y is typed as the activations (each expert's output rounded once; the sum is f32),
 so with one row per token and no shared expert, down writes out itself.
-routed_down's COMBINE_LAST (off in the bundled kernel; measured by
-bench/down_combine_probe.py, performance-log.md #54) does combine's sum inside down, in
-the same order, by the last program to write a token's row.
 """
 import triton
 import triton.language as tl
@@ -25,24 +22,9 @@ def down(h, w2, y, sorted_slots, block_expert, topk_weights, num_slots, top_k, H
          GROUP_M: tl.constexpr, TMA: tl.constexpr, PERSISTENT: tl.constexpr, HALF_TAIL: tl.constexpr,
          PDL: tl.constexpr):
     wait_for_previous_kernel(PDL)
-    # The bundled kernel combines in its own launch (combine, below): no out, no arrivals
-    # (y and block_expert stand in for them, never touched with COMBINE_LAST off).
-    routed_down(h, w2, y, y, block_expert, sorted_slots, block_expert, topk_weights, num_slots, top_k, H, I, E,
-                num_m_blocks, y_rows_per_token, y_first_row, ROUTED, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, TMA,
-                PERSISTENT, HALF_TAIL, False)
-
-
-@triton.jit
-def routed_down(h, w2, y, out, arrivals, sorted_slots, block_expert, topk_weights, num_slots, top_k, H, I, E,
-                num_m_blocks, y_rows_per_token, y_first_row, ROUTED: tl.constexpr, BLOCK_M: tl.constexpr,
-                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, TMA: tl.constexpr,
-                PERSISTENT: tl.constexpr, HALF_TAIL: tl.constexpr, COMBINE_LAST: tl.constexpr):
-    """down's tiles; with COMBINE_LAST the program that writes a token's last row of y
-    for a column block also sums the token's rows into out (sum_last_arrivals)."""
     if PERSISTENT:
-        persistent_tiles(h, w2, y, out, arrivals, sorted_slots, block_expert, topk_weights, num_slots, top_k, H, I,
-                         E, num_m_blocks, y_rows_per_token, y_first_row, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M,
-                         HALF_TAIL, COMBINE_LAST)
+        persistent_tiles(h, w2, y, sorted_slots, block_expert, topk_weights, num_slots, top_k, H, I, E, num_m_blocks,
+                         y_rows_per_token, y_first_row, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, HALF_TAIL)
     else:
         pid_m, pid_n = tile_coords(H, BLOCK_N, GROUP_M)
         expert = tile_expert(block_expert, pid_m, ROUTED)
@@ -53,9 +35,9 @@ def routed_down(h, w2, y, out, arrivals, sorted_slots, block_expert, topk_weight
             tl.static_assert(ROUTED and TMA, "HALF_TAIL needs a routed TMA tile")
             h_desc, h_half_desc, w_desc = routed_descriptors(h, w2, E, H, I, num_m_blocks, BLOCK_M, BLOCK_N, BLOCK_K,
                                                              HALF_TAIL)
-            half_or_full_tile(h_desc, h_half_desc, w_desc, y, out, arrivals, sorted_slots, topk_weights, pid_m, expert,
-                              pid_n, num_slots, top_k, H, I, y_rows_per_token, y_first_row, BLOCK_M, BLOCK_N, BLOCK_K,
-                              HALF_TAIL, COMBINE_LAST)
+            half_or_full_tile(h_desc, h_half_desc, w_desc, y, sorted_slots, topk_weights, pid_m, expert, pid_n,
+                              num_slots, top_k, H, I, y_rows_per_token, y_first_row, BLOCK_M, BLOCK_N, BLOCK_K,
+                              HALF_TAIL)
             return
         rows, slots, has_slot = tile_slots(sorted_slots, pid_m, num_slots, BLOCK_M, ROUTED)
         cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -83,15 +65,14 @@ def routed_down(h, w2, y, out, arrivals, sorted_slots, block_expert, topk_weight
                 acc = tl.dot(a, tl.load(w_tile, mask=k_ok[:, None], other=0.0), acc)
                 h_tile += BLOCK_K
                 w_tile += BLOCK_K
-        store_rows(y, out, arrivals, acc, topk_weights, slots, has_slot, cols, col_ok, pid_n, top_k, H,
-                   y_rows_per_token, y_first_row, ROUTED, BLOCK_N, COMBINE_LAST)
+        store_rows(y, acc, topk_weights, slots, has_slot, cols, col_ok, top_k, H, y_rows_per_token, y_first_row,
+                   ROUTED)
 
 
 @triton.jit
-def persistent_tiles(h, w2, y, out, arrivals, sorted_slots, block_expert, topk_weights, num_slots, top_k, H, I, E,
-                     num_m_blocks, y_rows_per_token, y_first_row, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                     BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, HALF_TAIL: tl.constexpr,
-                     COMBINE_LAST: tl.constexpr):
+def persistent_tiles(h, w2, y, sorted_slots, block_expert, topk_weights, num_slots, top_k, H, I, E, num_m_blocks,
+                     y_rows_per_token, y_first_row, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, HALF_TAIL: tl.constexpr):
     """The routed down GEMM on a persistent grid (PERSISTENT programs per multiprocessor,
     the host caps the grid at that many): each program walks tiles pid, pid + programs,
     ... in the grouped order, both operands through tensor descriptors made once for
@@ -107,9 +88,9 @@ def persistent_tiles(h, w2, y, out, arrivals, sorted_slots, block_expert, topk_w
         pid_m, pid_n = grouped_tile(tile, num_m_blocks, num_n_blocks, GROUP_M)
         expert = tl.load(block_expert + pid_m)
         if expert >= 0:
-            half_or_full_tile(h_desc, h_half_desc, w_desc, y, out, arrivals, sorted_slots, topk_weights, pid_m, expert,
-                              pid_n, num_slots, top_k, H, I, y_rows_per_token, y_first_row, BLOCK_M, BLOCK_N, BLOCK_K,
-                              HALF_TAIL, COMBINE_LAST)
+            half_or_full_tile(h_desc, h_half_desc, w_desc, y, sorted_slots, topk_weights, pid_m, expert, pid_n,
+                              num_slots, top_k, H, I, y_rows_per_token, y_first_row, BLOCK_M, BLOCK_N, BLOCK_K,
+                              HALF_TAIL)
 
 
 @triton.jit
@@ -129,28 +110,25 @@ def routed_descriptors(h, w2, E, H, I, num_m_blocks, BLOCK_M: tl.constexpr, BLOC
 
 
 @triton.jit
-def half_or_full_tile(h_desc, h_half_desc, w_desc, y, out, arrivals, sorted_slots, topk_weights, pid_m, expert, pid_n,
-                      num_slots, top_k, H, I, y_rows_per_token, y_first_row, BLOCK_M: tl.constexpr,
-                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, HALF_TAIL: tl.constexpr,
-                      COMBINE_LAST: tl.constexpr):
+def half_or_full_tile(h_desc, h_half_desc, w_desc, y, sorted_slots, topk_weights, pid_m, expert, pid_n, num_slots,
+                      top_k, H, I, y_rows_per_token, y_first_row, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                      BLOCK_K: tl.constexpr, HALF_TAIL: tl.constexpr):
     """Block pid_m's tile, with HALF_TAIL only its first BLOCK_M / 2 rows where its slots fit there."""
     if HALF_TAIL:  # a constexpr test of its own: without it no half-height code is compiled
         if fits_half(sorted_slots, pid_m, num_slots, BLOCK_M):
-            rows_tile(h_half_desc, w_desc, y, out, arrivals, sorted_slots, topk_weights, pid_m * BLOCK_M, expert, pid_n,
-                      num_slots, top_k, H, I, y_rows_per_token, y_first_row, BLOCK_M // 2, BLOCK_N, BLOCK_K,
-                      COMBINE_LAST)
+            rows_tile(h_half_desc, w_desc, y, sorted_slots, topk_weights, pid_m * BLOCK_M, expert, pid_n, num_slots,
+                      top_k, H, I, y_rows_per_token, y_first_row, BLOCK_M // 2, BLOCK_N, BLOCK_K)
         else:
-            rows_tile(h_desc, w_desc, y, out, arrivals, sorted_slots, topk_weights, pid_m * BLOCK_M, expert, pid_n,
-                      num_slots, top_k, H, I, y_rows_per_token, y_first_row, BLOCK_M, BLOCK_N, BLOCK_K, COMBINE_LAST)
+            rows_tile(h_desc, w_desc, y, sorted_slots, topk_weights, pid_m * BLOCK_M, expert, pid_n, num_slots,
+                      top_k, H, I, y_rows_per_token, y_first_row, BLOCK_M, BLOCK_N, BLOCK_K)
     else:
-        rows_tile(h_desc, w_desc, y, out, arrivals, sorted_slots, topk_weights, pid_m * BLOCK_M, expert, pid_n,
-                  num_slots, top_k, H, I, y_rows_per_token, y_first_row, BLOCK_M, BLOCK_N, BLOCK_K, COMBINE_LAST)
+        rows_tile(h_desc, w_desc, y, sorted_slots, topk_weights, pid_m * BLOCK_M, expert, pid_n, num_slots, top_k, H,
+                  I, y_rows_per_token, y_first_row, BLOCK_M, BLOCK_N, BLOCK_K)
 
 
 @triton.jit
-def rows_tile(h_desc, w_desc, y, out, arrivals, sorted_slots, topk_weights, first_row, expert, pid_n, num_slots, top_k,
-              H, I, y_rows_per_token, y_first_row, ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-              COMBINE_LAST: tl.constexpr):
+def rows_tile(h_desc, w_desc, y, sorted_slots, topk_weights, first_row, expert, pid_n, num_slots, top_k, H, I,
+              y_rows_per_token, y_first_row, ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """ROWS rows of h from padded position first_row, times w2[expert]'s BLOCK_N block pid_n, into y."""
     slots = tl.load(sorted_slots + (first_row + tl.arange(0, ROWS)))
     has_slot = slots < num_slots
@@ -159,50 +137,19 @@ def rows_tile(h_desc, w_desc, y, out, arrivals, sorted_slots, topk_weights, firs
     for k0 in range(0, I, BLOCK_K):
         w = w_desc.load([expert, pid_n * BLOCK_N, k0]).reshape(BLOCK_N, BLOCK_K)
         acc = tl.dot(h_desc.load([first_row, k0]), w.T, acc)
-    store_rows(y, out, arrivals, acc, topk_weights, slots, has_slot, cols, cols < H, pid_n, top_k, H, y_rows_per_token,
-               y_first_row, True, BLOCK_N, COMBINE_LAST)
+    store_rows(y, acc, topk_weights, slots, has_slot, cols, cols < H, top_k, H, y_rows_per_token, y_first_row, True)
 
 
 @triton.jit
-def store_rows(y, out, arrivals, acc, topk_weights, slots, has_slot, cols, col_ok, pid_n, top_k, H, y_rows_per_token,
-               y_first_row, ROUTED: tl.constexpr, BLOCK_N: tl.constexpr, COMBINE_LAST: tl.constexpr):
-    """A tile's rows of y: each slot's row times its routing weight (routed), rounded once;
-    with COMBINE_LAST, then the sums of the tokens whose last row this was."""
+def store_rows(y, acc, topk_weights, slots, has_slot, cols, col_ok, top_k, H, y_rows_per_token, y_first_row,
+               ROUTED: tl.constexpr):
+    """A tile's rows of y: each slot's row times its routing weight (routed), rounded once."""
     if ROUTED:
         acc = acc * tl.load(topk_weights + slots, mask=has_slot, other=0.0)[:, None]
     tokens = slots // top_k
     y_rows = tokens * y_rows_per_token + y_first_row + (slots - tokens * top_k)
     y_tile = y + y_rows.to(tl.int64)[:, None] * H + cols[None, :]
     tl.store(y_tile, acc.to(y.dtype.element_ty), mask=has_slot[:, None] & col_ok[None, :])
-    if COMBINE_LAST:
-        sum_last_arrivals(y, out, arrivals, tokens, has_slot, cols, col_ok, pid_n, H, y_rows_per_token, BLOCK_N)
-
-
-@triton.jit
-def sum_last_arrivals(y, out, arrivals, tokens, has_slot, cols, col_ok, pid_n, H, y_rows_per_token,
-                      BLOCK_N: tl.constexpr):
-    """combine's sum, done by the program that wrote a token's last row of y in this
-    column block: arrivals[token, column block] counts the token's rows written (the
-    program seeing y_rows_per_token - 1 before its own is the last), the sum runs over
-    the token's rows in their fixed order (the same f32 sum as combine: deterministic,
-    whichever program arrives last) and the last arriver resets the count to 0 for the
-    next call. A token has at most one row in a tile (its slots go to distinct experts)."""
-    # Every thread's stores of y before any arrival is counted (the barrier, then the
-    # release of the atomic at GPU scope), and the arrivals before the loads.
-    tl.debug_barrier()
-    counts = arrivals + tokens.to(tl.int64) * tl.cdiv(H, BLOCK_N) + pid_n
-    before = tl.atomic_add(counts, 1, mask=has_slot, sem="acq_rel", scope="gpu")
-    last = has_slot & (before == y_rows_per_token - 1)
-    tl.debug_barrier()
-    first_row = tokens.to(tl.int64) * y_rows_per_token
-    sums = tl.zeros([tokens.shape[0], BLOCK_N], tl.float32)
-    for j in range(y_rows_per_token):
-        # .cg: from L2, where the other programs' rows are, never a stale L1 line.
-        sums += tl.load(y + (first_row + j)[:, None] * H + cols[None, :], mask=last[:, None] & col_ok[None, :],
-                        other=0.0, cache_modifier=".cg").to(tl.float32)
-    tl.store(out + tokens.to(tl.int64)[:, None] * H + cols[None, :], sums.to(out.dtype.element_ty),
-             mask=last[:, None] & col_ok[None, :])
-    tl.store(counts, 0, mask=last)
 
 
 @triton.jit
