@@ -6,11 +6,8 @@ few pairs back to back; every output is checked against torch first. Beside them
 `read_through` (kernels/cache.py) over as many bytes as each kernel's weights: what
 one plain streaming kernel takes for them on this card.
 
-With SHARED_READ=1 each gate_up tile also runs with one read of an expert that several
-slots share (decode.expert_rows_gate_up, performance-log.md #55; name "+shared").
-
 Usage (GPU machine, repository root):  PYTHONPATH=. python3 bench/decode_time.py
-  [env MODELS=qwen3-30b-a3b,... TOKENS=1,4 GATE_UP=32x512x4x3,... DOWN=16x64x4x6x8,... SHARED_READ=1]
+  [env MODELS=qwen3-30b-a3b,... TOKENS=1,4 GATE_UP=32x512x4x3,... DOWN=16x64x4x6x8,...]
 """
 import itertools
 import os
@@ -18,7 +15,6 @@ import sys
 
 import torch
 import torch.nn.functional as F
-import triton
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import peers  # noqa: E402
@@ -45,16 +41,10 @@ def extra(env):
 
 
 GATE_UP = list(bundled(variants.DECODE_GATE_UP_TILES, {})) + extra("GATE_UP")
-# gate_up's forms: (tile, one read of a shared expert?)
-GATE_UP_FORMS = [(tile, shared) for tile in GATE_UP for shared in ((False, True) if os.environ.get("SHARED_READ") == "1"
-                                                                   else (False,))]
 DOWN = list(bundled(variants.DECODE_DOWN_TILES, {})) + extra("DOWN")
 
 
 def name(tile):
-    """A tile's name, or a gate_up form's (tile, shared read) name."""
-    if isinstance(tile[0], tuple):
-        return name(tile[0]) + ("+shared" if tile[1] else "")
     return "x".join(map(str, tile))
 
 
@@ -116,11 +106,10 @@ def cell(model, E, H, I, k, T, w13, w2, g):
     out_ref = (torch.einsum("shi,si->sh", w2_s, h_ref).view(T, k, H) * weights[..., None]).sum(1)
     scalar = torch.empty(1, device="cuda", dtype=torch.bfloat16)
 
-    def run_gate_up(form):
-        (bn, bk, warps, stages), shared = form
+    def run_gate_up(tile):
+        bn, bk, warps, stages = tile
         decode_gate_up_swiglu[(S * -(-I // bn),)](x, w13, h, ids, k, H, I, ROUTED=True, BLOCK_N=bn, BLOCK_K=bk,
-                                                  PDL=False, SHARED_READ=max(16, triton.next_power_of_2(S)) if shared
-                                                  else 0, num_warps=warps, num_stages=stages)
+                                                  PDL=False, num_warps=warps, num_stages=stages)
 
     def run_down(tile):
         bn, bk, warps, stages, per_pass = tile
@@ -135,7 +124,7 @@ def cell(model, E, H, I, k, T, w13, w2, g):
         print(f"{model} T={T} {stage}: " + " | ".join(f"{name(c)} {times[c]:.1f}" for c in ranked), flush=True)
         return ranked
 
-    ups = sweep("gate_up", GATE_UP_FORMS, run_gate_up, h, h_ref)
+    ups = sweep("gate_up", GATE_UP, run_gate_up, h, h_ref)
     run_gate_up(ups[0])  # h for down's check
     downs = sweep("down", DOWN, run_down, out, out_ref)
     pairs = {}

@@ -9,7 +9,9 @@ cost more than they save (ncu on an H100, qwen3-30b-a3b T = 1: align and combine
 - decode_gate_up_swiglu: one program per (slot, BLOCK_N columns of I) reads its
   slot's token row of x and the gate and up rows of w13[expert], and writes
   h[slot] = silu(gate) * up. With ROUTED false it runs the shared expert (slot =
-  token, expert 0).
+  token, expert 0). With several tokens, slots of one expert share its weight
+  reads, 16 at a time (each slot reading its expert alone cost up to 2-4x at
+  mixtral-8x7b T = 8-16, performance-log.md #56).
 - decode_down_combine: one program per (token, BLOCK_N columns of H) sums
   weight_j * (h[slot j] @ w2[expert j]^T) over the k experts, then the shared expert,
   in f32 and in an order fixed by the code (deterministic), and writes out once:
@@ -30,6 +32,7 @@ from kernels.row_tiles import row_and_columns
 
 
 VECTOR_ROWS = tl.constexpr(16)  # the smallest M of a tensor-core tile
+SLOT_CHUNK = tl.constexpr(128)  # slot ids a program scans at a time
 
 
 @triton.jit
@@ -57,69 +60,76 @@ def rows_dot_vector(w_rows, v, K, row_ok, BLOCK_N: tl.constexpr, BLOCK_K: tl.con
 
 
 @triton.jit
-def decode_gate_up_swiglu(x, w13, h, topk_ids, top_k, H, I, ROUTED: tl.constexpr, BLOCK_N: tl.constexpr,
-                          BLOCK_K: tl.constexpr, PDL: tl.constexpr, SHARED_READ: tl.constexpr):
-    wait_for_previous_kernel(PDL)
-    slot, cols, col_ok = row_and_columns(I, BLOCK_N)
-    if SHARED_READ:
-        tl.static_assert(ROUTED, "SHARED_READ: routed slots only")
-        expert_rows_gate_up(x, w13, h, topk_ids, slot, cols, col_ok, top_k, H, I, BLOCK_N, BLOCK_K, SHARED_READ)
-        return
+def slot_experts(topk_ids, slots, num_slots, ROUTED: tl.constexpr):
+    """The expert of each slot, -1 past the last; the dense form's slots all run expert 0."""
     if ROUTED:
-        expert = tl.load(topk_ids + slot).to(tl.int64)
-        token = (slot // top_k).to(tl.int64)
-    else:
-        expert = tl.zeros([], tl.int64)
-        token = slot.to(tl.int64)
-    gate_rows = w13 + expert * 2 * I * H + cols.to(tl.int64) * H
-    x_row = x + token * H
-    up_rows = gate_rows + I.to(tl.int64) * H
-    gate = tl.zeros([VECTOR_ROWS, BLOCK_N], tl.float32)
-    up = tl.zeros([VECTOR_ROWS, BLOCK_N], tl.float32)
-    for k0 in range(0, H, BLOCK_K):
-        x_tile = vector_tile(x_row, k0, H, BLOCK_K)
-        gate = tl.dot(x_tile, weight_tile(gate_rows, k0, H, col_ok, BLOCK_K), gate)
-        up = tl.dot(x_tile, weight_tile(up_rows, k0, H, col_ok, BLOCK_K), up)
-    gate = tl.sum(gate, 0)
-    up = tl.sum(up, 0)
-    out = gate * tl.sigmoid(gate) * up
-    tl.store(h + slot.to(tl.int64) * I + cols, out.to(h.dtype.element_ty), mask=col_ok)
+        return tl.load(topk_ids + slots, mask=slots < num_slots, other=-1)
+    return tl.where(slots < num_slots, 0, -1)
 
 
 @triton.jit
-def expert_rows_gate_up(x, w13, h, topk_ids, slot, cols, col_ok, top_k, H, I, BLOCK_N: tl.constexpr,
-                        BLOCK_K: tl.constexpr, SHARED_READ: tl.constexpr):
-    """decode_gate_up_swiglu where several slots share an expert (performance-log.md #55,
-    off in the bundled kernel): the program of the expert's first slot reads its weight
-    tile once for all of them, their tokens' rows of x in the tile's rows (at most
-    VECTOR_ROWS: at decode T <= 16, and a token's slots go to distinct experts); the
-    other slots' programs do nothing. SHARED_READ is the power of two the slot count
-    fits in (T * k, at most 128 at decode)."""
-    tl.static_assert(SHARED_READ >= 16, "SHARED_READ: a power of two of at least 16")
-    num_slots = tl.num_programs(0) // tl.cdiv(I, BLOCK_N)
-    lanes = tl.arange(0, SHARED_READ)
-    expert = tl.load(topk_ids + slot)
-    same = tl.load(topk_ids + lanes, mask=lanes < num_slots, other=-1) == expert
-    if tl.min(tl.where(same, lanes, SHARED_READ)) == slot:
-        # Tile row r takes the r-th slot of this expert.
-        rank = tl.cumsum(same.to(tl.int32), 0) - 1
-        pick = same[None, :] & (rank[None, :] == tl.arange(0, VECTOR_ROWS)[:, None])
-        row_slot = tl.sum(tl.where(pick, lanes[None, :], 0), 1)
-        row_ok = tl.max(pick.to(tl.int32), 1) > 0
-        x_rows = x + (row_slot // top_k).to(tl.int64) * H
-        gate_rows = w13 + expert.to(tl.int64) * 2 * I * H + cols.to(tl.int64) * H
-        up_rows = gate_rows + I.to(tl.int64) * H
-        ks = tl.arange(0, BLOCK_K)
-        gate = tl.zeros([VECTOR_ROWS, BLOCK_N], tl.float32)
-        up = tl.zeros([VECTOR_ROWS, BLOCK_N], tl.float32)
-        for k0 in range(0, H, BLOCK_K):
+def swiglu_tile(x_rows, row_ok, gate_rows, up_rows, col_ok, H, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                ONE_ROW: tl.constexpr):
+    """f32 [VECTOR_ROWS, BLOCK_N]: silu(x @ gate^T) * (x @ up^T) for the tile's rows of x
+    (x_rows: each row's start, row_ok: which are real); zero in the other rows. ONE_ROW:
+    x_rows is one pointer, the row rides in row 0 (vector_tile's constant mask)."""
+    ks = tl.arange(0, BLOCK_K)
+    gate = tl.zeros([VECTOR_ROWS, BLOCK_N], tl.float32)
+    up = tl.zeros([VECTOR_ROWS, BLOCK_N], tl.float32)
+    for k0 in range(0, H, BLOCK_K):
+        if ONE_ROW:
+            x_tile = vector_tile(x_rows, k0, H, BLOCK_K)
+        else:
             x_tile = tl.load(x_rows[:, None] + k0 + ks[None, :], mask=row_ok[:, None] & (ks < H - k0)[None, :],
                              other=0.0)
-            gate = tl.dot(x_tile, weight_tile(gate_rows, k0, H, col_ok, BLOCK_K), gate)
-            up = tl.dot(x_tile, weight_tile(up_rows, k0, H, col_ok, BLOCK_K), up)
-        out = gate * tl.sigmoid(gate) * up
-        tl.store(h + row_slot.to(tl.int64)[:, None] * I + cols[None, :], out.to(h.dtype.element_ty),
-                 mask=row_ok[:, None] & col_ok[None, :])
+        gate = tl.dot(x_tile, weight_tile(gate_rows, k0, H, col_ok, BLOCK_K), gate)
+        up = tl.dot(x_tile, weight_tile(up_rows, k0, H, col_ok, BLOCK_K), up)
+    return gate * tl.sigmoid(gate) * up
+
+
+@triton.jit
+def decode_gate_up_swiglu(x, w13, h, topk_ids, top_k, H, I, ROUTED: tl.constexpr, BLOCK_N: tl.constexpr,
+                          BLOCK_K: tl.constexpr, PDL: tl.constexpr):
+    """h = silu(x @ gate^T) * (x @ up^T) per slot; with several tokens the program of
+    every VECTOR_ROWS-th slot of an expert (in slot order) runs that many of its slots
+    in the tile's rows, reading the expert's weights once for them, and the other
+    slots' programs return."""
+    wait_for_previous_kernel(PDL)
+    slot, cols, col_ok = row_and_columns(I, BLOCK_N)
+    num_slots = tl.num_programs(0) // tl.cdiv(I, BLOCK_N)
+    expert = slot_experts(topk_ids, slot, num_slots, ROUTED)
+    gate_rows = w13 + expert.to(tl.int64) * 2 * I * H + cols.to(tl.int64) * H
+    up_rows = gate_rows + I.to(tl.int64) * H
+    if num_slots <= top_k:
+        # One token: its slots' experts are distinct as routed (given ids that repeat one
+        # are read once per slot), and the pass below would only delay the weight loads.
+        out = tl.sum(swiglu_tile(x + (slot // top_k).to(tl.int64) * H, None, gate_rows, up_rows, col_ok, H, BLOCK_N,
+                                 BLOCK_K, ONE_ROW=True), 0)
+        tl.store(h + slot.to(tl.int64) * I + cols, out.to(h.dtype.element_ty), mask=col_ok)
+    else:
+        # One pass over the slot ids (one load of them at decode sizes): this slot's rank
+        # among its expert's slots, and tile row r takes the expert's r-th slot from
+        # this one on.
+        lanes = tl.arange(0, SLOT_CHUNK)
+        rows = tl.arange(0, VECTOR_ROWS)
+        ahead = tl.zeros([], tl.int32)
+        from_here = tl.zeros([], tl.int32)
+        row_slot = tl.zeros([VECTOR_ROWS], tl.int32)
+        row_ok = tl.zeros([VECTOR_ROWS], tl.int1)
+        for c0 in range(0, num_slots, SLOT_CHUNK):
+            s = c0 + lanes
+            same = slot_experts(topk_ids, s, num_slots, ROUTED) == expert
+            ahead += tl.sum((same & (s < slot)).to(tl.int32), 0)
+            after = (same & (s >= slot)).to(tl.int32)
+            pick = (after > 0)[None, :] & ((from_here + tl.cumsum(after, 0) - 1)[None, :] == rows[:, None])
+            row_slot += tl.sum(tl.where(pick, s[None, :], 0), 1)
+            row_ok = row_ok | (tl.max(pick.to(tl.int32), 1) > 0)
+            from_here += tl.sum(after, 0)
+        if ahead % VECTOR_ROWS == 0:
+            out = swiglu_tile(x + (row_slot // top_k).to(tl.int64) * H, row_ok, gate_rows, up_rows, col_ok, H,
+                              BLOCK_N, BLOCK_K, ONE_ROW=False)
+            tl.store(h + row_slot.to(tl.int64)[:, None] * I + cols[None, :], out.to(h.dtype.element_ty),
+                     mask=row_ok[:, None] & col_ok[None, :])
 
 
 @triton.jit

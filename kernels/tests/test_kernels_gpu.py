@@ -622,22 +622,30 @@ def decode_forward(launcher, x, w13, w2, ids, weights, shared=None, tiles=(0, 0)
 
 
 def test_decode(launcher):
-    """The decode path at T = 1-16, with and without a shared expert, experts shared by several
-    slots or not; in the interpreter every gate_up and down tile (the other on t0), on a GPU t0."""
+    """The decode path at T = 1-18, with and without a shared expert, experts shared by several
+    slots or not (up to 30 slots on one); in the interpreter every gate_up and down tile (the other on t0), on a GPU t0."""
     up_tiles, down_tiles = len(matrix.DECODE_GATE_UP_TILES), len(matrix.DECODE_DOWN_TILES)
     pairs = ([(g, 0) for g in range(up_tiles)] + [(0, d) for d in range(1, down_tiles)]) if INTERPRET else [(0, 0)]
     dtypes = ("f16",) if INTERPRET else ("bf16", "f16")
-    for T, H, I, E, k, shared_I in ((1, 64, 96, 8, 2, 0), (4, 64, 96, 8, 2, 32), (16, 128, 64, 128, 8, 0),
-                                    (3, 48, 32, 16, 5, 48)):
+    # repeated: given ids from two experts, repeats within a token too, so more slots share
+    # an expert than a program's tile has rows (and T = 18 groups the dense form's tokens twice).
+    for T, H, I, E, k, shared_I, repeated in ((1, 64, 96, 8, 2, 0, False), (4, 64, 96, 8, 2, 32, False),
+                                              (16, 128, 64, 128, 8, 0, False), (3, 48, 32, 16, 5, 48, False),
+                                              (18, 64, 48, 4, 3, 32, True)):
         for dtype in dtypes:
             problem = make_problem((T, H, I, E, k, dtype, 16, None, shared_I), seed=31 * T + k)
-            ids = torch.rand(T, E, generator=torch.Generator(device=DEVICE).manual_seed(T), device=DEVICE)
-            ids = ids.topk(k, dim=1).indices.to(torch.int32).contiguous()  # distinct experts per token, as routed
+            draws = torch.Generator(device=DEVICE).manual_seed(T)
+            if repeated:
+                ids = torch.randint(0, 2, (T, k), generator=draws, device=DEVICE, dtype=torch.int32)
+            else:  # distinct experts per token, as routed
+                ids = torch.rand(T, E, generator=draws, device=DEVICE).topk(k, dim=1).indices.to(torch.int32)
+            ids = ids.contiguous()
             ref = layer_reference(problem["x"], problem["w13"], problem["w2"], ids.long(), problem["weights"],
                                   problem.get("shared"))
             for tiles in pairs:
                 name = (f"{launcher.name} decode T={T} H={H} I={I} E={E} k={k} {dtype}"
-                        f"{f' shared={shared_I}' if shared_I else ''} gate_up t{tiles[0]} down t{tiles[1]}")
+                        f"{f' shared={shared_I}' if shared_I else ''}{' repeated ids' if repeated else ''}"
+                        f" gate_up t{tiles[0]} down t{tiles[1]}")
                 try:
                     out = decode_forward(launcher, problem["x"], problem["w13"], problem["w2"], ids,
                                          problem["weights"], problem.get("shared"), tiles)

@@ -169,8 +169,9 @@ class GpuBackend final : public gpu::TunableBackend {
         for (size_t d = 0; d < down_tiles; ++d) all.push_back({path, block_m, static_cast<int>(g), static_cast<int>(d)});
       }
     };
-    // The decode path reads a whole expert per slot: beyond a few tokens it
-    // re-reads each expert many times (mixtral at T = 8192: seconds per layer).
+    // The decode path's down reads each token's experts for that token alone (and
+    // gate_up shares an expert's reads among 16 slots at most): beyond a few tokens
+    // it re-reads each expert many times (mixtral at T = 8192: seconds per layer).
     if (hints.decode() && p.T <= kDecodeMaxTokens && p.T * p.k <= 2 * p.E) {
       add_pairs(gpu::GemmPath::decode, 0, tiles("decode_gate_up_swiglu", act + "_routed", "").size(),
                 tiles("decode_down_combine", decode_down_prefix(p), "").size());
