@@ -27,7 +27,10 @@ using reference::mix;
 using reference::random_tensor;
 
 enum class Source { kGivenIds, kSoftmaxTopk, kTopkSoftmax, kSigmoidGroupedTopk };
-enum class Placement { kRandom, kAllOnOneExpert, kEvenExpertsOnly };
+// kRepeatsInToken: each id drawn from two experts, so a token may name one twice
+// (given ids are not required to be distinct) and an expert may hold more slots than
+// a token has ids or the decode kernel's tile has rows.
+enum class Placement { kRandom, kAllOnOneExpert, kEvenExpertsOnly, kRepeatsInToken };
 
 struct LayerCase {
   int64_t T, E, k, H, I;
@@ -66,6 +69,7 @@ inline std::string case_name(const LayerCase& c) {
   }
   if (c.placement == Placement::kAllOnOneExpert) name += "_one_expert";
   if (c.placement == Placement::kEvenExpertsOnly) name += "_idle_experts";
+  if (c.placement == Placement::kRepeatsInToken) name += "_repeats_in_token";
   if (c.shared_I > 0) name.append("_shared").append(std::to_string(c.shared_I));
   if (c.nan_logits) name += "_nan_logits";
   return name;
@@ -138,7 +142,7 @@ inline HostProblem::HostProblem(const LayerCase& c, uint64_t seed) {
   }
 }
 
-// k distinct experts per token and weights in [0.05, 1).
+// k distinct experts per token (but kRepeatsInToken) and weights in [0.05, 1).
 inline void HostProblem::draw_ids(const LayerCase& c, std::mt19937_64& rng) {
   const int64_t T = c.T, E = c.E, k = c.k;
   std::vector<int32_t> candidates;
@@ -157,6 +161,8 @@ inline void HostProblem::draw_ids(const LayerCase& c, std::mt19937_64& rng) {
     for (int64_t j = 0; j < k; ++j) {
       if (c.placement == Placement::kAllOnOneExpert) {
         ids[t * k + j] = j == 0 ? hot : candidates[j - 1];
+      } else if (c.placement == Placement::kRepeatsInToken) {
+        ids[t * k + j] = static_cast<int32_t>((hot + rng() % 2) % E);
       } else {
         ids[t * k + j] = candidates[j];
       }

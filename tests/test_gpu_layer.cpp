@@ -144,6 +144,10 @@ INSTANTIATE_TEST_SUITE_P(
         LayerCase{.T = 1, .E = 64, .k = 8, .H = 256, .I = 96, .dtype = kBF16, .source = kGrouped, .shared_I = 64,
                   .renormalize = true, .n_group = 8, .topk_group = 4, .routed_scaling_factor = 2.5f},
         LayerCase{.T = 5, .E = 16, .k = 4, .H = 128, .I = 80, .dtype = kF16},
+        // Given ids naming an expert twice in a token: up to 48 slots on one expert,
+        // past the 16 rows the decode gate_up shares an expert's reads among.
+        LayerCase{.T = 12, .E = 32, .k = 4, .H = 128, .I = 64, .dtype = kBF16, .shared_I = 48,
+                  .placement = Placement::kRepeatsInToken},
         LayerCase{.T = 40, .E = 8, .k = 1, .H = 64, .I = 48, .dtype = kBF16, .source = kSoftmax},
         LayerCase{.T = 300, .E = 32, .k = 2, .H = 128, .I = 64, .dtype = kBF16, .source = kSoftmax, .shared_I = 32,
                   .checked_rows = 32},

@@ -107,10 +107,13 @@ std::vector<LayerCase> routing_modes() {
   };
 }
 
-// Experts without tokens, and every token on one expert.
+// Experts without tokens, every token on one expert, and ids repeated within tokens.
 std::vector<LayerCase> placements() {
-  const Placement one = Placement::kAllOnOneExpert, even = Placement::kEvenExpertsOnly;
+  const Placement one = Placement::kAllOnOneExpert, even = Placement::kEvenExpertsOnly,
+                  repeats = Placement::kRepeatsInToken;
   return {
+      {.T = 12, .E = 32, .k = 4, .H = 33, .I = 47, .dtype = kBF16, .placement = repeats},
+      {.T = 12, .E = 32, .k = 4, .H = 64, .I = 48, .dtype = kF16, .shared_I = 32, .placement = repeats},
       {.T = 255, .E = 60, .k = 1, .H = 33, .I = 47, .dtype = kBF16, .placement = one},
       {.T = 255, .E = 8, .k = 2, .H = 33, .I = 47, .dtype = kF32, .placement = one},
       {.T = 255, .E = 128, .k = 8, .H = 33, .I = 47, .dtype = kF16, .placement = even},
