@@ -623,7 +623,8 @@ def decode_forward(launcher, x, w13, w2, ids, weights, shared=None, tiles=(0, 0)
 
 def test_decode(launcher):
     """The decode path at T = 1-18, with and without a shared expert, experts shared by several
-    slots or not (up to 30 slots on one); in the interpreter every gate_up and down tile (the other on t0), on a GPU t0."""
+    slots or not (up to 30 slots on one); in the interpreter every gate_up and down tile (the
+    other on t0), on a GPU t0."""
     up_tiles, down_tiles = len(matrix.DECODE_GATE_UP_TILES), len(matrix.DECODE_DOWN_TILES)
     pairs = ([(g, 0) for g in range(up_tiles)] + [(0, d) for d in range(1, down_tiles)]) if INTERPRET else [(0, 0)]
     dtypes = ("f16",) if INTERPRET else ("bf16", "f16")
