@@ -115,7 +115,6 @@ def decode_gate_up_swiglu(x, w13, h, topk_ids, top_k, H, I, ROUTED: tl.constexpr
         ahead = tl.zeros([], tl.int32)
         from_here = tl.zeros([], tl.int32)
         row_slot = tl.zeros([VECTOR_ROWS], tl.int32)
-        row_ok = tl.zeros([VECTOR_ROWS], tl.int1)
         for c0 in range(0, num_slots, SLOT_CHUNK):
             s = c0 + lanes
             same = slot_experts(topk_ids, s, num_slots, ROUTED) == expert
@@ -123,9 +122,9 @@ def decode_gate_up_swiglu(x, w13, h, topk_ids, top_k, H, I, ROUTED: tl.constexpr
             after = (same & (s >= slot)).to(tl.int32)
             pick = (after > 0)[None, :] & ((from_here + tl.cumsum(after, 0) - 1)[None, :] == rows[:, None])
             row_slot += tl.sum(tl.where(pick, s[None, :], 0), 1)
-            row_ok = row_ok | (tl.max(pick.to(tl.int32), 1) > 0)
             from_here += tl.sum(after, 0)
         if ahead % VECTOR_ROWS == 0:
+            row_ok = rows < from_here  # rows 0..from_here-1 found a slot
             out = swiglu_tile(x + (row_slot // top_k).to(tl.int64) * H, row_ok, gate_rows, up_rows, col_ok, H,
                               BLOCK_N, BLOCK_K, ONE_ROW=False)
             tl.store(h + row_slot.to(tl.int64)[:, None] * I + cols[None, :], out.to(h.dtype.element_ty),
