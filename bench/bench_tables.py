@@ -27,7 +27,8 @@ def section(dirs):
     card = open(os.path.join(d, "card.txt")).read().strip() if os.path.exists(os.path.join(d, "card.txt")) else runs[0]["device"]
     tokens = ",".join(str(r["T"]) for r in runs[0]["rows"])
     lines = [BEGIN, f"## GPU: {card} ({os.path.basename(os.path.normpath(d))}), `tmoe bench`", "",
-             "Commands (in `scripts/gpu-peers.sh`, or `scripts/gpu-check.sh` with `MODELS`; binaries from `scripts/gpu-pack.sh`): the table, from the same "
+             "Commands (in `scripts/gpu-peers.sh`, or `scripts/gpu-check.sh` with `MODELS`; binaries from "
+             "`scripts/gpu-pack.sh`): the table, from the same "
              "build (with `TUNE=1` in the same call, read through `TMOE_TUNING_TABLE`; or in an earlier call and "
              "committed to `configs/<device>.json`, which the library embeds), then the bench:", "",
              "    tmoe tune --tokens 1,2,4,8,16,32,64,128,256,512,1024,2048,4096,8192 --out tuned-table.json",

@@ -290,8 +290,7 @@ def decode_variants():
         for mode, routed in (("routed", True), ("dense", False)):
             for index, per_backend in enumerate(DECODE_GATE_UP_TILES):
                 yield Variant("decode_gate_up_swiglu", "decode", f"{dtype}_{mode}_t{index}", dtype, types,
-                              tile_configs(per_backend, dict(LAYER_KERNEL, ROUTED=routed)),
-                              ("x", "w13", "h", "H", "I"))
+                              tile_configs(per_backend, dict(LAYER_KERNEL, ROUTED=routed)), ("x", "w13", "h", "H", "I"))
         types = dict(h=a, w2=a, out=a, topk_ids="*i32", topk_weights="*fp32", h_shared=a, shared_w2=a, top_k="i32",
                      H="i32", I="i32", shared_I="i32")
         for mode, shared in (("routed", False), ("shared", True)):
