@@ -105,7 +105,10 @@ GATE_UP_TILES = {
           {"cuda": (128, 64, 8, 3, JOINED | persistent(1) | HALF_TAIL),
            "hip": (128, 64, 8, 2, JOINED | persistent(1) | HALF_TAIL)},
           # t5 with half-height tail blocks (performance-log.md #53).
-          {"cuda": (128, 64, 8, 3, JOINED | TMA | HALF_TAIL), "hip": (128, 64, 8, 2, JOINED | TMA | HALF_TAIL)}),
+          {"cuda": (128, 64, 8, 3, JOINED | TMA | HALF_TAIL), "hip": (128, 64, 8, 2, JOINED | TMA | HALF_TAIL)},
+          # t10 four stages deep (192 KiB: the H100 only; performance-log.md #57).
+          {"cuda:90": (128, 64, 8, 4, JOINED | TMA | HALF_TAIL), "cuda": (128, 64, 8, 3, JOINED | TMA | HALF_TAIL),
+           "hip": (128, 64, 8, 2, JOINED | TMA | HALF_TAIL)}),
 }
 DOWN_TILES = {
     16: ({"cuda": (64, 128, 4, 4), "hip": (64, 64, 4, 2)},
@@ -128,7 +131,10 @@ DOWN_TILES = {
           # t6 with half-height tail blocks (performance-log.md #31).
           {"cuda": (128, 64, 8, 3, persistent(2) | HALF_TAIL), "hip": (128, 64, 8, 2, persistent(2) | HALF_TAIL)},
           # t5 with half-height tail blocks (performance-log.md #53).
-          {"cuda": (256, 64, 8, 3, TMA | HALF_TAIL), "hip": (256, 32, 8, 2, TMA | HALF_TAIL)}),
+          {"cuda": (256, 64, 8, 3, TMA | HALF_TAIL), "hip": (256, 32, 8, 2, TMA | HALF_TAIL)},
+          # t9 four stages deep (192 KiB: the H100 only; performance-log.md #57).
+          {"cuda:90": (256, 64, 8, 4, TMA | HALF_TAIL), "cuda": (256, 64, 8, 3, TMA | HALF_TAIL),
+           "hip": (256, 32, 8, 2, TMA | HALF_TAIL)}),
 }
 # The constexprs a grouped GEMM tile sets unless it says otherwise.
 GATE_UP_DEFAULTS = dict(LAYER_KERNEL, **GROUP8, JOINED=False, TMA=False, PERSISTENT=0, HALF_TAIL=False)
