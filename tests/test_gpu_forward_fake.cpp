@@ -300,11 +300,11 @@ class GpuForwardFakeTest : public ::testing::TestWithParam<Api> {
   }
 
   // The heuristic's (gate_up, down) tiles of the routed GEMMs for BLOCK_M m
-  // (docs/kernels.md): the H100 sweep's most frequent winners on CUDA (the fake is
-  // sm_90: the persistent tiles at m128), t0 on HIP.
+  // (docs/kernels.md): the H100's winners on CUDA (the fake is sm_90: at m128 the
+  // four-stage TMA gate_up and the persistent down), t0 on HIP.
   std::pair<int, int> heuristic_tiles(int64_t m) const {
     if (!cuda()) return {0, 0};
-    return {m == 16 ? 3 : m == 64 ? 2 : 7, m == 64 ? 1 : m == 128 ? 7 : 0};
+    return {m == 16 ? 3 : m == 64 ? 2 : 11, m == 64 ? 1 : m == 128 ? 7 : 0};
   }
 
   // The heuristic's routed gate_up and down variants for BLOCK_M m, as variant_names() lists them.

@@ -289,9 +289,10 @@ class GpuBackend final : public gpu::TunableBackend {
   // are the most frequent winners of each BLOCK_M in the H100 sweeps
   // (configs/nvidia-h100-80gb-hbm3.json, 2026-11-27: m16 gate_up t3 16 of 17
   // buckets, down t0 8 and t3 9, where t3 won by under 1% on large I and lost 5%
-  // on qwen3's I = 768 (performance-log.md #29), so t0; m128 t7/t7, the persistent
-  // tiles, 3 of 15, no other pair more than 2, and at T = 8192 2-5% faster than the
-  // previous t6/t5 on three of four models). m64 keeps t2/t1 (7 of 11 in
+  // on qwen3's I = 768 (performance-log.md #29), so t0; m128 gate_up t11, TMA four
+  // stages deep, and down t7, persistent: against t7/t7, the sweep's pair before,
+  // 0.4-10.5% faster in 6 of 7 layer cells that the rule sends to m128 and 3.3%
+  // slower at mixtral-8x7b T = 8192, #59). m64 keeps t2/t1 (7 of 11 in
   // 2026-11-26's sweep; the newest has 5 m64 buckets split four ways). The m128
   // pair runs its descriptors as TMA only on cuda:90: cuda:80 keeps the sweep before
   // the TMA tiles (t3/t0, 7 of 13). AMD, never measured, keeps t0.
@@ -306,7 +307,7 @@ class GpuBackend final : public gpu::TunableBackend {
     const int block_m = gemm_block_m(S / std::max<int64_t>(1, std::min(p.E, S)));
     if (device_->api() != gpu::Api::cuda) return {gpu::GemmPath::sorted, block_m, 0, 0};
     const bool tma = target_ == "cuda:90";
-    const int gate_up_tile = block_m == 16 ? 3 : block_m == 64 ? 2 : tma ? 7 : 3;
+    const int gate_up_tile = block_m == 16 ? 3 : block_m == 64 ? 2 : tma ? 11 : 3;
     const int down_tile = block_m == 64 ? 1 : block_m == 128 && tma ? 7 : 0;
     return {gpu::GemmPath::sorted, block_m, gate_up_tile, down_tile};
   }
