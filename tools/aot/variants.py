@@ -144,6 +144,7 @@ def one_more_stage_on_hopper(tile):
 # deepened gained alone but never in the layer's tune, #58).
 GATE_UP_TILES[128] += (one_more_stage_on_hopper(GATE_UP_TILES[128][10]),)
 DOWN_TILES[128] += (one_more_stage_on_hopper(DOWN_TILES[128][9]),)
+
 # The constexprs a grouped GEMM tile sets unless it says otherwise.
 GATE_UP_DEFAULTS = dict(LAYER_KERNEL, **GROUP8, JOINED=False, TMA=False, PERSISTENT=0, HALF_TAIL=False)
 DOWN_DEFAULTS = dict(LAYER_KERNEL, **GROUP8, TMA=False, PERSISTENT=0, HALF_TAIL=False)
