@@ -101,10 +101,10 @@ def decode_gate_up_swiglu(x, w13, h, topk_ids, top_k, H, I, ROUTED: tl.constexpr
     gate_rows = w13 + expert.to(tl.int64) * 2 * I * H + cols.to(tl.int64) * H
     up_rows = gate_rows + I.to(tl.int64) * H
     if num_slots <= top_k:
-        # One token: its slots' experts are distinct as routed (given ids that repeat one
-        # are read once per slot), and the pass below would only delay the weight loads.
-        out = tl.sum(swiglu_tile(x + (slot // top_k).to(tl.int64) * H, None, gate_rows, up_rows, col_ok, H, BLOCK_N,
-                                 BLOCK_K, ONE_ROW=True), 0)
+        # One token (x's first row): its slots' experts are distinct as routed (given ids
+        # that repeat one are read once per slot), and the pass below would only delay
+        # the weight loads.
+        out = tl.sum(swiglu_tile(x, None, gate_rows, up_rows, col_ok, H, BLOCK_N, BLOCK_K, ONE_ROW=True), 0)
         tl.store(h + slot.to(tl.int64) * I + cols, out.to(h.dtype.element_ty), mask=col_ok)
     else:
         # One pass over the slot ids (SLOT_CHUNK at a time): this slot's rank
