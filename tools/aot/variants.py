@@ -71,8 +71,8 @@ def persistent(programs_per_multiprocessor):
 # CUDA tiles fit the A100's shared memory (163 KiB) as well as the H100's, unless the
 # tile names a target ("cuda:90") whose config replaces the backend's there. AMD keeps
 # two stages: its pipeliner holds one buffer in LDS (64 KiB on gfx90a/gfx942), the
-# next in registers. BLOCK_M 32 has one hinted tile, for `tmoe tune` (the heuristic
-# never picks it); the unhinted fallback ("m32_any") has FALLBACK_TILE.
+# next in registers. BLOCK_M 32's hinted tiles are for `tmoe tune` (the heuristic
+# never picks them); the unhinted fallback ("m32_any") has FALLBACK_TILE.
 GATE_UP_TILES = {
     16: ({"cuda": (64, 128, 4, 4), "hip": (64, 64, 4, 2)},
          {"cuda": (32, 128, 4, 4), "hip": (32, 128, 4, 2)},
@@ -144,6 +144,11 @@ def one_more_stage_on_hopper(tile):
 # deepened gained alone but never in the layer's tune, #58).
 GATE_UP_TILES[128] += (one_more_stage_on_hopper(GATE_UP_TILES[128][10]),)
 DOWN_TILES[128] += (one_more_stage_on_hopper(DOWN_TILES[128][9]),)
+# gate_up m32 t1 is m16's t3 (vLLM's small-T tile) on 32 rows: tune took it at gpt-oss
+# T = 512 (-1.2%) and deepseek-v3 T = 64; down m16 t4 is m32's t0 on 16 rows, taken at
+# deepseek T = 32 (performance-log.md #60).
+GATE_UP_TILES[32] += ({"cuda": (32, 256, 4, 3, JOINED), "hip": (32, 256, 4, 2, JOINED)},)
+DOWN_TILES[16] += (DOWN_TILES[32][0],)
 
 # The constexprs a grouped GEMM tile sets unless it says otherwise.
 GATE_UP_DEFAULTS = dict(LAYER_KERNEL, **GROUP8, JOINED=False, TMA=False, PERSISTENT=0, HALF_TAIL=False)
