@@ -147,7 +147,7 @@ DOWN_TILES[128] += (one_more_stage_on_hopper(DOWN_TILES[128][9]),)
 # gate_up m32 t1 is m16's t3 (vLLM's small-T tile) on 32 rows: tune took it at gpt-oss
 # T = 512 (-1.2%) and deepseek-v3 T = 64; down m16 t4 is m32's t0 on 16 rows, taken at
 # deepseek T = 32 (performance-log.md #60).
-GATE_UP_TILES[32] += ({"cuda": (32, 256, 4, 3, JOINED), "hip": (32, 256, 4, 2, JOINED)},)
+GATE_UP_TILES[32] += (GATE_UP_TILES[16][3],)
 DOWN_TILES[16] += (DOWN_TILES[32][0],)
 
 # The constexprs a grouped GEMM tile sets unless it says otherwise.
