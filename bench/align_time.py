@@ -36,7 +36,7 @@ def per_copy_us(fn):
 def outputs(S, E, block_m):
     capacity = kt.max_padded_slots(S, E, block_m)
     return dict(counts=kt.poisoned(E, torch.int32), offsets=kt.poisoned(E + 1, torch.int32),
-                sorted_slots=kt.poisoned(capacity, torch.int32),
+                sorted_slots=kt.poisoned(capacity, torch.int32), slot_positions=kt.poisoned(S, torch.int32),
                 block_expert=kt.poisoned(capacity // block_m, torch.int32)), capacity
 
 
@@ -64,8 +64,9 @@ def main():
                                    sorted_slots=out["sorted_slots"], num_slots=S, E=E, capacity=capacity)
                         jit.launch("align_scatter", variant, programs, topk_ids=ids, chunk_counts=chunk_counts,
                                    expert_counts=out["counts"], expert_offsets=out["offsets"],
-                                   sorted_slots=out["sorted_slots"], block_expert=out["block_expert"], num_slots=S,
-                                   E=E, block_m=block_m, capacity=capacity)
+                                   sorted_slots=out["sorted_slots"], slot_positions=out["slot_positions"],
+                                   block_expert=out["block_expert"], num_slots=S, E=E, block_m=block_m,
+                                   capacity=capacity)
 
                     row.append(result(f"e{block_e} pair{name}", pair, out, ref))
                 if chunk == kt.matrix.ALIGN_CHUNKS[0]:
@@ -75,8 +76,9 @@ def main():
                     def one_launch(out=out, capacity=capacity, programs=programs, variant=variant):
                         jit.launch("align_count_scatter", variant, programs, topk_ids=ids,
                                    expert_counts=out["counts"], expert_offsets=out["offsets"],
-                                   sorted_slots=out["sorted_slots"], block_expert=out["block_expert"],
-                                   num_slots=S, E=E, block_m=block_m, capacity=capacity)
+                                   sorted_slots=out["sorted_slots"], slot_positions=out["slot_positions"],
+                                   block_expert=out["block_expert"], num_slots=S, E=E, block_m=block_m,
+                                   capacity=capacity)
 
                     row.append(result(f"e{block_e} one/{programs}", one_launch, out, ref))
             logits = torch.randn(T, E, device="cuda")

@@ -53,6 +53,8 @@ def tile_forms(tiles, defaults):
                                         TARGET)
         c = config.constexprs
         yield f"t{index}", config
+        if c.get("PADDED_Y"):  # no other form
+            continue
         if BLOCK_M < 128:
             yield f"t{index} +g1", variants.Config(dict(c, GROUP_M=1), config.num_warps, config.num_stages)
         elif c["PERSISTENT"] or c["TMA"]:
@@ -149,12 +151,20 @@ def main():
             # Ours reads h by padded position (gate_up writes it so); vLLM gathers rows of a by slot.
             h = torch.zeros(capacity, I, device=DEV, dtype=torch.bfloat16)
             h[valid] = a[sorted_slots[valid].long()]
+            # PADDED_Y tiles end their walk at the padded total, the alignment's offsets[E].
+            offsets = torch.cat([torch.zeros(E, device=DEV, dtype=torch.int32), routing[2]])
+            slots_in_order = sorted_slots[valid].long()
             for tile_name, config in tile_forms(variants.DOWN_TILES, variants.DOWN_DEFAULTS):
-                y = torch.empty(S, H, device=DEV, dtype=torch.bfloat16)
+                # A PADDED_Y tile writes unweighted rows by padded position (the combine weighs them).
+                padded = config.constexprs["PADDED_Y"]
+                y = torch.empty(capacity if padded else S, H, device=DEV, dtype=torch.bfloat16)
                 programs = launch_grid(config, m_blocks, H)
                 ms = peers.replay_ms(lambda: down[programs](  # noqa: E731
-                    h, w2, y, sorted_slots, block_expert, weights.view(-1), S, k, H, I, E, m_blocks, k, 0,
-                    **config.constexprs, num_warps=config.num_warps, num_stages=config.num_stages), REPS)
+                    h, w2, y, sorted_slots, block_expert, weights.view(-1), offsets, S, k, H, I, E, m_blocks, k,
+                    0, **config.constexprs, num_warps=config.num_warps, num_stages=config.num_stages), REPS)
+                if padded:
+                    y = torch.zeros(S, H, device=DEV, dtype=torch.float32).index_put_(
+                        (slots_in_order, ), y[valid].float() * weights.view(-1)[slots_in_order, None])
                 report("down", f"{tile_name} x{programs[0]}", config, ms, flops, rel_err(y, reference))
 
 

@@ -7,7 +7,8 @@ fills below would otherwise loop (the host sizes the grid, performance-log.md #2
                  per program and step;
   align_scatter  every program sums the histograms (totals, and the chunks before
                  its own), derives counts and offsets, writes its chunk's slots (if
-                 it has one) at their stable positions, and its share of
+                 it has one) at their stable positions (and each slot's position
+                 into slot_positions, the inverse map), and its share of
                  block_expert, BLOCK_B entries per step.
 align_count_scatter does both in one launch where the chunks are few (every program
 histograms them all; the sentinel goes only where no slot does, performance-log.md #48).
@@ -46,8 +47,8 @@ def align_count(topk_ids, chunk_counts, sorted_slots, num_slots, E, capacity, CH
 
 
 @triton.jit
-def align_scatter(topk_ids, chunk_counts, expert_counts, expert_offsets, sorted_slots, block_expert, num_slots, E,
-                  block_m, capacity, CHUNK: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_B: tl.constexpr,
+def align_scatter(topk_ids, chunk_counts, expert_counts, expert_offsets, sorted_slots, slot_positions, block_expert,
+                  num_slots, E, block_m, capacity, CHUNK: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_B: tl.constexpr,
                   PDL: tl.constexpr):
     wait_for_previous_kernel(PDL)
     chunk = tl.program_id(0)
@@ -58,13 +59,13 @@ def align_scatter(topk_ids, chunk_counts, expert_counts, expert_offsets, sorted_
         row = tl.load(chunk_counts + c * E + bins, mask=bins < E, other=0)
         counts += row
         counts_before += tl.where(c < chunk, row, 0)
-    write_alignment(topk_ids, counts, counts_before, expert_counts, expert_offsets, sorted_slots, block_expert,
-                    num_slots, E, block_m, capacity, CHUNK, BLOCK_E, BLOCK_B, False)
+    write_alignment(topk_ids, counts, counts_before, expert_counts, expert_offsets, sorted_slots, slot_positions,
+                    block_expert, num_slots, E, block_m, capacity, CHUNK, BLOCK_E, BLOCK_B, False)
 
 
 @triton.jit
-def align_count_scatter(topk_ids, expert_counts, expert_offsets, sorted_slots, block_expert, num_slots, E, block_m,
-                        capacity, CHUNK: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_B: tl.constexpr,
+def align_count_scatter(topk_ids, expert_counts, expert_offsets, sorted_slots, slot_positions, block_expert, num_slots,
+                        E, block_m, capacity, CHUNK: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_B: tl.constexpr,
                         PDL: tl.constexpr):
     """align_count and align_scatter in one launch for few chunks: every program
     histograms every chunk itself, and the sentinel goes only where no slot does."""
@@ -77,16 +78,17 @@ def align_count_scatter(topk_ids, expert_counts, expert_offsets, sorted_slots, b
         row = tl.histogram(experts, BLOCK_E, mask=is_slot)
         counts += row
         counts_before += tl.where(c < chunk, row, 0)
-    write_alignment(topk_ids, counts, counts_before, expert_counts, expert_offsets, sorted_slots, block_expert,
-                    num_slots, E, block_m, capacity, CHUNK, BLOCK_E, BLOCK_B, True)
+    write_alignment(topk_ids, counts, counts_before, expert_counts, expert_offsets, sorted_slots, slot_positions,
+                    block_expert, num_slots, E, block_m, capacity, CHUNK, BLOCK_E, BLOCK_B, True)
 
 
 @triton.jit
-def write_alignment(topk_ids, counts, counts_before, expert_counts, expert_offsets, sorted_slots, block_expert,
-                    num_slots, E, block_m, capacity, CHUNK: tl.constexpr, BLOCK_E: tl.constexpr,
+def write_alignment(topk_ids, counts, counts_before, expert_counts, expert_offsets, sorted_slots, slot_positions,
+                    block_expert, num_slots, E, block_m, capacity, CHUNK: tl.constexpr, BLOCK_E: tl.constexpr,
                     BLOCK_B: tl.constexpr, FILL_PADDING: tl.constexpr):
     """From the experts' slot counts (all chunks, and the chunks before this program's):
-    counts, offsets, this program's chunk of sorted_slots, its share of block_expert and,
+    counts, offsets, this program's chunk of sorted_slots and of slot_positions (where
+    combine finds the rows down wrote by padded position), its share of block_expert and,
     with FILL_PADDING, the sentinel in its blocks' positions past their expert's slots."""
     chunk = tl.program_id(0)
     num_chunks = tl.cdiv(num_slots, CHUNK)
@@ -111,7 +113,9 @@ def write_alignment(topk_ids, counts, counts_before, expert_counts, expert_offse
         keys = tl.sort(tl.where(is_slot, experts * CHUNK + lanes, BLOCK_E * CHUNK + lanes))
         sorted_experts = keys // CHUNK
         base = tl.gather(starts + counts_before - local_starts, tl.minimum(sorted_experts, BLOCK_E - 1), 0)
-        tl.store(sorted_slots + base + lanes, chunk * CHUNK + keys % CHUNK, mask=sorted_experts < BLOCK_E)
+        is_slot_key = sorted_experts < BLOCK_E
+        tl.store(sorted_slots + base + lanes, chunk * CHUNK + keys % CHUNK, mask=is_slot_key)
+        tl.store(slot_positions + chunk * CHUNK + keys % CHUNK, base + lanes, mask=is_slot_key)
 
     # Block b belongs to the first expert whose region ends past b*block_m, i.e. to
     # expert number (count of regions ending at or before it); -1 past the total.

@@ -7,6 +7,10 @@ to row t*y_rows_per_token + j, and the shared expert, run as a dense problem
 sums every row of a token in one pass over out: deterministic, no atomics.
 y is typed as the activations (each expert's output rounded once; the sum is f32),
 so with one row per token and no shared expert, down writes out itself.
+With PADDED_Y (a warp-specialized tile, padded_tiles below) the routed down writes
+each slot's row unweighted at its padded position instead, the shared expert's rows
+from y_first_row on, and combine gathers each slot's row through slot_positions and
+weighs it.
 """
 import triton
 import triton.language as tl
@@ -17,12 +21,16 @@ from kernels.row_tiles import row_and_columns
 
 
 @triton.jit
-def down(h, w2, y, sorted_slots, block_expert, topk_weights, num_slots, top_k, H, I, E, num_m_blocks, y_rows_per_token,
-         y_first_row, ROUTED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-         GROUP_M: tl.constexpr, TMA: tl.constexpr, PERSISTENT: tl.constexpr, HALF_TAIL: tl.constexpr,
-         PDL: tl.constexpr):
+def down(h, w2, y, sorted_slots, block_expert, topk_weights, expert_offsets, num_slots, top_k, H, I, E, num_m_blocks,
+         y_rows_per_token, y_first_row, ROUTED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+         BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, TMA: tl.constexpr, PERSISTENT: tl.constexpr,
+         HALF_TAIL: tl.constexpr, PADDED_Y: tl.constexpr, WARP_SPECIALIZE: tl.constexpr, PDL: tl.constexpr):
     wait_for_previous_kernel(PDL)
-    if PERSISTENT:
+    if PADDED_Y:
+        tl.static_assert(ROUTED and PERSISTENT > 0, "PADDED_Y is a routed persistent tile")
+        padded_tiles(h, w2, y, block_expert, expert_offsets, H, I, E, num_m_blocks, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M,
+                     WARP_SPECIALIZE)
+    elif PERSISTENT:
         persistent_tiles(h, w2, y, sorted_slots, block_expert, topk_weights, num_slots, top_k, H, I, E, num_m_blocks,
                          y_rows_per_token, y_first_row, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, HALF_TAIL)
     else:
@@ -94,6 +102,35 @@ def persistent_tiles(h, w2, y, sorted_slots, block_expert, topk_weights, num_slo
 
 
 @triton.jit
+def padded_tiles(h, w2, y, block_expert, expert_offsets, H, I, E, num_m_blocks, BLOCK_M: tl.constexpr,
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, WARP_SPECIALIZE: tl.constexpr):
+    """The routed down GEMM on a persistent grid that writes y by padded position,
+    unweighted, through a tensor descriptor (combine gathers and weighs the rows).
+    With WARP_SPECIALIZE (cuda:90) Triton splits the tile loop into a TMA producer
+    warp group and two MMA consumers, so one tile's epilogue overlaps the next tile's
+    loads: on an H100 qwen3-30b-a3b T = 8192 0.389 ms against the persistent t6's
+    0.434 (performance-log.md #62). Triton 3.6 miscompiles pointer loads and stores
+    after the K loop of such a loop (rows 64-127 of each block never stored, routing
+    weights misread, #62): hence this epilogue touches memory only through the
+    descriptor, and the walk ends at the alignment's padded total, read here, instead
+    of branching around blocks past it."""
+    num_n_blocks = tl.cdiv(H, BLOCK_N)
+    h_desc, _, w_desc = routed_descriptors(h, w2, E, H, I, num_m_blocks, BLOCK_M, BLOCK_N, BLOCK_K, False)
+    y_desc = tl.make_tensor_descriptor(y, shape=[num_m_blocks * BLOCK_M, H], strides=[H, 1],
+                                       block_shape=[BLOCK_M, BLOCK_N])
+    m_blocks = tl.load(expert_offsets + E) // BLOCK_M  # the alignment's padded total
+    for tile in tl.range(tl.program_id(0), m_blocks * num_n_blocks, tl.num_programs(0),
+                         warp_specialize=WARP_SPECIALIZE):
+        pid_m, pid_n = grouped_tile(tile, m_blocks, num_n_blocks, GROUP_M)
+        expert = tl.load(block_expert + pid_m)
+        acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+        for k0 in range(0, I, BLOCK_K):
+            w = w_desc.load([expert, pid_n * BLOCK_N, k0]).reshape(BLOCK_N, BLOCK_K)
+            acc = tl.dot(h_desc.load([pid_m * BLOCK_M, k0]), w.T, acc)
+        y_desc.store([pid_m * BLOCK_M, pid_n * BLOCK_N], acc.to(y.dtype.element_ty))
+
+
+@triton.jit
 def routed_descriptors(h, w2, E, H, I, num_m_blocks, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                        BLOCK_K: tl.constexpr, HALF_TAIL: tl.constexpr):
     """Tensor descriptors over h's padded rows (BLOCK_M-row blocks, and with HALF_TAIL
@@ -153,11 +190,22 @@ def store_rows(y, acc, topk_weights, slots, has_slot, cols, col_ok, top_k, H, y_
 
 
 @triton.jit
-def combine(y, out, H, rows_per_token, BLOCK_H: tl.constexpr, PDL: tl.constexpr):
+def combine(y, out, slot_positions, topk_weights, H, rows_per_token, top_k, shared_first_row, BLOCK_H: tl.constexpr,
+            PADDED_Y: tl.constexpr, PDL: tl.constexpr):
     wait_for_previous_kernel(PDL)
     token, cols, col_ok = row_and_columns(H, BLOCK_H)
     token = token.to(tl.int64)
     acc = tl.zeros([BLOCK_H], tl.float32)
-    for j in range(rows_per_token):
-        acc += tl.load(y + (token * rows_per_token + j) * H + cols, mask=col_ok, other=0.0)
+    if PADDED_Y:
+        # Each slot's row where down wrote it (its padded position), weighed here; the
+        # shared expert's row (weight 1) after them.
+        for j in range(top_k):
+            slot = token * top_k + j
+            row = tl.load(slot_positions + slot).to(tl.int64)
+            acc += tl.load(topk_weights + slot) * tl.load(y + row * H + cols, mask=col_ok, other=0.0).to(tl.float32)
+        if rows_per_token > top_k:
+            acc += tl.load(y + (shared_first_row + token) * H + cols, mask=col_ok, other=0.0).to(tl.float32)
+    else:
+        for j in range(rows_per_token):
+            acc += tl.load(y + (token * rows_per_token + j) * H + cols, mask=col_ok, other=0.0)
     tl.store(out + token * H + cols, acc.to(out.dtype.element_ty), mask=col_ok)

@@ -324,7 +324,6 @@ class GpuForwardFakeTest : public ::testing::TestWithParam<Api> {
     const bool from_logits = c.logits.has_value();
     const int64_t S = c.T * c.k;
     const int64_t R = c.k + (c.Is > 0 ? 1 : 0);
-    const bool direct = R == 1;
     const int64_t es = static_cast<int64_t>(element_bytes(c.act));
     const std::string act = dtype_key(c.act);
     auto a16 = [](const void* p) { return address(p) % 16 == 0; };
@@ -464,11 +463,18 @@ class GpuForwardFakeTest : public ::testing::TestWithParam<Api> {
     const Want sorted_slots = buffer("sorted_slots", capacity * 4);
     const Want block_expert = buffer("block_expert", capacity / block_m * 4);
     const Want h = buffer("h", capacity * c.I * es);
-    const Want y = direct ? ptr(l.out) : buffer("y", c.T * R * c.H * es);
+    // A PADDED_Y down writes y by padded position, the shared expert's rows after them.
+    const bool padded = constexpr_of(down, "PADDED_Y") != 0;
+    const bool direct = R == 1 && !padded;
+    const int64_t y_rows = padded ? capacity + (c.Is > 0 ? c.T : 0) : c.T * R;
+    const Want y = direct ? ptr(l.out) : buffer("y", y_rows * c.H * es);
+    const Want slot_positions = buffer("slot_positions", S * 4);
+    const Want expert_offsets = buffer("expert_offsets", (c.E + 1) * 4);
     std::map<std::string, Want> alignment{{"topk_ids", ids},
                                           {"expert_counts", buffer("expert_counts", c.E * 4)},
-                                          {"expert_offsets", buffer("expert_offsets", (c.E + 1) * 4)},
+                                          {"expert_offsets", expert_offsets},
                                           {"sorted_slots", sorted_slots},
+                                          {"slot_positions", slot_positions},
                                           {"block_expert", block_expert},
                                           {"num_slots", i32(S)},
                                           {"E", i32(c.E)},
@@ -507,6 +513,7 @@ class GpuForwardFakeTest : public ::testing::TestWithParam<Api> {
                          {"sorted_slots", sorted_slots},
                          {"block_expert", block_expert},
                          {"topk_weights", weights},
+                         {"expert_offsets", expert_offsets},
                          {"num_slots", i32(S)},
                          {"top_k", i32(c.k)},
                          {"H", i32(c.H)},
@@ -551,19 +558,28 @@ class GpuForwardFakeTest : public ::testing::TestWithParam<Api> {
                            {"sorted_slots", null},
                            {"block_expert", null},
                            {"topk_weights", null},
+                           {"expert_offsets", null},
                            {"num_slots", i32(c.T)},
                            {"top_k", i32(1)},
                            {"H", i32(c.H)},
                            {"I", i32(c.Is)},
                            {"E", i32(1)},
                            {"num_m_blocks", i32(shared_down_blocks)},
-                           {"y_rows_per_token", i32(R)},
-                           {"y_first_row", i32(c.k)}}});
+                           {"y_rows_per_token", i32(padded ? 1 : R)},
+                           {"y_first_row", i32(padded ? capacity : c.k)}}});
     }
     if (!direct) {
-      const KernelEntry* combine = entry("combine", act + (c.H % 16 == 0 && a16(l.out) ? "_div16" : "_any"));
+      const KernelEntry* combine =
+          entry("combine", act + (padded ? "_padded" : "") + (c.H % 16 == 0 && a16(l.out) ? "_div16" : "_any"));
       launches.push_back({combine, c.T * cdiv(c.H, constexpr_of(combine, "BLOCK_H")),
-                          {{"y", y}, {"out", ptr(l.out)}, {"H", i32(c.H)}, {"rows_per_token", i32(R)}}});
+                          {{"y", y},
+                           {"out", ptr(l.out)},
+                           {"slot_positions", slot_positions},
+                           {"topk_weights", weights},
+                           {"H", i32(c.H)},
+                           {"rows_per_token", i32(R)},
+                           {"top_k", i32(c.k)},
+                           {"shared_first_row", i32(capacity)}}});
     }
     // Only a table's choice launches dependents, and only the variants compiled to wait.
     for (ExpectedLaunch& launch : launches) {
@@ -1057,6 +1073,43 @@ TEST_P(GpuForwardFakeTest, PersistentTilesCapTheirGrids) {
   const uint64_t scratch_per_program =
       std::max(gate_up.entry->global_scratch_size, down.entry->global_scratch_size);
   forward_in_sized_workspace(l, expected, scratch_per_program * fake_multiprocessors());
+  std::remove(table.c_str());
+}
+
+// A PADDED_Y down tile (performance-log.md #62) writes y unweighted by padded
+// position: combine gathers each slot's row through slot_positions and weighs it,
+// the shared expert's rows from row `capacity` on, and runs even with one row per
+// token (no direct write of out).
+void expect_padded_down(const std::vector<ExpectedLaunch>& expected, int tile) {
+  const KernelEntry* down = launch_of(expected, "down").entry;
+  ASSERT_EQ(down->variant, "bf16_routed_m128_t" + std::to_string(tile) + "_div16");
+  EXPECT_EQ(down->constexprs.at("PADDED_Y"), 1);
+  EXPECT_EQ(launch_of(expected, "combine").entry->variant, "bf16_padded_div16");
+}
+
+TEST_P(GpuForwardFakeTest, PaddedDownTileLeavesTheWeightsAndTheOrderToCombine) {
+  const Case c = {"padded_shared", 300, 16, 4, 256, 128, 64};
+  const TunedTiles tuned{128, 7, 11};
+  const std::string table = use_tuning_table(c, tuned);
+  OPEN_CONTEXT_OR_RETURN();
+  Layer l = make_layer(c);
+  const std::vector<ExpectedLaunch> expected = expected_launches(l, tuned);
+  expect_padded_down(expected, 11);
+  const ExpectedLaunch& down = launch_of(expected, "down");
+  forward_in_sized_workspace(l, expected, down.entry->global_scratch_size * down.grid);
+  std::remove(table.c_str());
+}
+
+TEST_P(GpuForwardFakeTest, PaddedDownTileWithOneRowPerTokenStillCombines) {
+  const Case c = {"padded_k1", 300, 16, 1, 256, 128, 0};
+  const TunedTiles tuned{128, 0, 12};
+  const std::string table = use_tuning_table(c, tuned);
+  OPEN_CONTEXT_OR_RETURN();
+  Layer l = make_layer(c);
+  const std::vector<ExpectedLaunch> expected = expected_launches(l, tuned);
+  expect_padded_down(expected, 12);
+  const ExpectedLaunch& down = launch_of(expected, "down");
+  forward_in_sized_workspace(l, expected, down.entry->global_scratch_size * down.grid);
   std::remove(table.c_str());
 }
 

@@ -224,9 +224,11 @@ def run_align(launcher, ids, E, block_m, chunk, one_launch=False):
     programs = align_programs(slots, capacity, block_m, chunk, launcher.constexprs("align_scatter", variant)["BLOCK_B"],
                               one_launch)
     out = dict(counts=poisoned(E, torch.int32), offsets=poisoned(E + 1, torch.int32),
-               sorted_slots=poisoned(capacity, torch.int32), block_expert=poisoned(capacity // block_m, torch.int32))
+               sorted_slots=poisoned(capacity, torch.int32), slot_positions=poisoned(slots, torch.int32),
+               block_expert=poisoned(capacity // block_m, torch.int32))
     outputs = dict(expert_counts=out["counts"], expert_offsets=out["offsets"], sorted_slots=out["sorted_slots"],
-                   block_expert=out["block_expert"], num_slots=slots, E=E, block_m=block_m, capacity=capacity)
+                   slot_positions=out["slot_positions"], block_expert=out["block_expert"], num_slots=slots, E=E,
+                   block_m=block_m, capacity=capacity)
     if one_launch:
         launcher.launch("align_count_scatter", variant, programs, topk_ids=ids, **outputs)
         return out
@@ -248,7 +250,8 @@ def tile_programs(launcher, kernel, variant, rows, N):
 def moe_forward(launcher, x, w13, w2, block_m, logits=None, routing=None, ids=None, weights=None, shared=None,
                 tiles=(0, 0)):
     """The whole layer: route (from logits), align, routed GEMMs (gate_up and down tiles `tiles`
-    of BLOCK_M block_m), shared expert, combine."""
+    of BLOCK_M block_m), shared expert, combine. A PADDED_Y down tile writes y by padded
+    position (the shared expert's rows after them) and combine gathers the rows."""
     T, H = x.shape
     E, I = w13.shape[0], w13.shape[1] // 2
     dtype = "bf16" if x.dtype == torch.bfloat16 else "f16"
@@ -269,18 +272,22 @@ def moe_forward(launcher, x, w13, w2, block_m, logits=None, routing=None, ids=No
         raise ValueError(f"H={H}, I={I}: not multiples of 16, align with block_m {matrix.FALLBACK_BLOCK_M}")
 
     rows_per_token = k + (shared is not None)
+    down_variant, _ = gemm_variant("routed", block_m, H, I, tile=tiles[1])
+    padded = bool(launcher.constexprs("down", down_variant).get("PADDED_Y"))
     out = poisoned((T, H), x.dtype)
-    y = out if rows_per_token == 1 else poisoned((T * rows_per_token, H), x.dtype)
+    if padded:
+        y = poisoned((capacity + (T if shared is not None else 0), H), x.dtype)
+    else:
+        y = out if rows_per_token == 1 else poisoned((T * rows_per_token, H), x.dtype)
     h = poisoned((capacity, I), x.dtype)
     v, _ = gemm_variant("routed", block_m, H, I, tile=tiles[0])
     launcher.launch("gate_up_swiglu", v, tile_programs(launcher, "gate_up_swiglu", v, capacity // block_m, I), x=x,
                     w13=w13, h=h, sorted_slots=al["sorted_slots"], block_expert=al["block_expert"], num_slots=slots,
                     top_k=k, H=H, I=I, E=E, num_m_blocks=capacity // block_m)
-    v, _ = gemm_variant("routed", block_m, H, I, tile=tiles[1])
-    launcher.launch("down", v, tile_programs(launcher, "down", v, capacity // block_m, H), h=h, w2=w2, y=y,
-                    sorted_slots=al["sorted_slots"], block_expert=al["block_expert"], topk_weights=weights,
-                    num_slots=slots, top_k=k, H=H, I=I, E=E, num_m_blocks=capacity // block_m,
-                    y_rows_per_token=rows_per_token, y_first_row=0)
+    launcher.launch("down", down_variant, tile_programs(launcher, "down", down_variant, capacity // block_m, H), h=h,
+                    w2=w2, y=y, sorted_slots=al["sorted_slots"], block_expert=al["block_expert"], topk_weights=weights,
+                    expert_offsets=al["offsets"], num_slots=slots, top_k=k, H=H, I=I, E=E,
+                    num_m_blocks=capacity // block_m, y_rows_per_token=rows_per_token, y_first_row=0)
     if shared is not None:
         shared_w13, shared_w2 = shared
         Is = shared_w2.shape[1]
@@ -291,12 +298,14 @@ def moe_forward(launcher, x, w13, w2, block_m, logits=None, routing=None, ids=No
                         w13=shared_w13, h=h_shared, sorted_slots=None, block_expert=None, num_slots=T, top_k=1, H=H,
                         I=Is, E=1, num_m_blocks=m_blocks)
         launcher.launch("down", v, tile_programs(launcher, "down", v, m_blocks, H), h=h_shared, w2=shared_w2, y=y,
-                        sorted_slots=None, block_expert=None, topk_weights=None, num_slots=T, top_k=1, H=H, I=Is,
-                        E=1, num_m_blocks=m_blocks, y_rows_per_token=rows_per_token, y_first_row=k)
-    if rows_per_token > 1:
-        v = f"{dtype}_{'div16' if H % 16 == 0 else 'any'}"
+                        sorted_slots=None, block_expert=None, topk_weights=None, expert_offsets=None, num_slots=T,
+                        top_k=1, H=H, I=Is, E=1, num_m_blocks=m_blocks, y_rows_per_token=1 if padded else rows_per_token,
+                        y_first_row=capacity if padded else k)
+    if rows_per_token > 1 or padded:
+        v = f"{dtype}{'_padded' if padded else ''}_{'div16' if H % 16 == 0 else 'any'}"
         launcher.launch("combine", v, T * triton.cdiv(H, launcher.constexprs("combine", v)["BLOCK_H"]), y=y, out=out,
-                        H=H, rows_per_token=rows_per_token)
+                        slot_positions=al["slot_positions"], topk_weights=weights, H=H, rows_per_token=rows_per_token,
+                        top_k=k, shared_first_row=capacity)
     return out, ids, weights
 
 
@@ -379,10 +388,13 @@ def align_reference(ids, E, block_m):
     rank = torch.arange(slots, device=DEVICE) - (torch.cumsum(counts, 0) - counts)[flat[order]]
     sorted_slots = torch.full((capacity, ), slots, dtype=torch.long, device=DEVICE)
     sorted_slots[offsets[flat[order]] + rank] = order
+    slot_positions = torch.empty(slots, dtype=torch.long, device=DEVICE)
+    slot_positions[order] = offsets[flat[order]] + rank
     first_rows = torch.arange(capacity // block_m, device=DEVICE) * block_m
     block_expert = torch.searchsorted(offsets[1:], first_rows, right=True)
     block_expert = torch.where(first_rows < offsets[-1], block_expert, -1)
-    return dict(counts=counts, offsets=offsets, sorted_slots=sorted_slots, block_expert=block_expert)
+    return dict(counts=counts, offsets=offsets, sorted_slots=sorted_slots, slot_positions=slot_positions,
+                block_expert=block_expert)
 
 
 def layer_reference(x, w13, w2, ids, weights, shared):
@@ -574,23 +586,28 @@ def test_pipeline(launcher, cases):
 def test_tiles(launcher):
     """Every routed gate_up and down tile of every BLOCK_M in a layer (the other GEMM on t0), on
     given ids that put three quarters of the slots on expert 0: experts end in blocks both
-    fuller and emptier than half (HALF_TAIL's two paths), and persistent tiles walk several."""
+    fuller and emptier than half (HALF_TAIL's two paths), and persistent tiles walk several.
+    The PADDED_Y down tiles (their own y layout) also with a shared expert."""
     for block_m in matrix.GATE_UP_TILES:
         pairs = [(g, 0) for g in range(len(matrix.GATE_UP_TILES[block_m]))]
         pairs += [(0, d) for d in range(1, len(matrix.DOWN_TILES[block_m]))]
+        padded = [d for d in range(len(matrix.DOWN_TILES[block_m]))
+                  if launcher.constexprs("down", f"f16_routed_m{block_m}_t{d}_div16").get("PADDED_Y")]
         for T in (3 * block_m // 4, 5 * block_m // 2):
-            case = (T, 64, 96, 4, 2, "f16", block_m, None, 0)
-            problem = make_problem(case, seed=7 * block_m + T)
-            ref = layer_reference(problem["x"], problem["w13"], problem["w2"], problem["ids"].long(),
-                                  problem["weights"], None)
-            for tiles in pairs:
-                name = f"{launcher.name} tiles m{block_m} gate_up t{tiles[0]} down t{tiles[1]} T={T}"
-                try:
-                    out, _, _ = moe_forward(launcher, **problem, tiles=tiles)
-                except Exception as error:  # reported, and the other tiles still run
-                    report(name, False, f"{type(error).__name__}: {error}")
-                    continue
-                report_layer(name, out, ref, "f16")
+            for shared_I in (0, 48):
+                case = (T, 64, 96, 4, 2, "f16", block_m, None, shared_I)
+                problem = make_problem(case, seed=7 * block_m + T + shared_I)
+                ref = layer_reference(problem["x"], problem["w13"], problem["w2"], problem["ids"].long(),
+                                      problem["weights"], problem.get("shared"))
+                for tiles in pairs if not shared_I else [(0, d) for d in padded]:
+                    name = (f"{launcher.name} tiles m{block_m} gate_up t{tiles[0]} down t{tiles[1]} T={T}"
+                            f"{f' shared={shared_I}' if shared_I else ''}")
+                    try:
+                        out, _, _ = moe_forward(launcher, **problem, tiles=tiles)
+                    except Exception as error:  # reported, and the other tiles still run
+                        report(name, False, f"{type(error).__name__}: {error}")
+                        continue
+                    report_layer(name, out, ref, "f16")
 
 
 def decode_forward(launcher, x, w13, w2, ids, weights, shared=None, tiles=(0, 0)):

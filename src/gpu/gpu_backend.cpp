@@ -63,7 +63,7 @@ std::string decode_down_prefix(const MoeProblem& p) {
 // keeps the div16 variants' alignment promise).
 struct WorkspaceLayout {
   size_t topk_ids = 0, topk_weights = 0, chunk_counts = 0, expert_counts = 0, expert_offsets = 0;
-  size_t sorted_slots = 0, block_expert = 0, h = 0, h_shared = 0, y = 0;
+  size_t sorted_slots = 0, slot_positions = 0, block_expert = 0, h = 0, h_shared = 0, y = 0;
   // Triton's per-program global scratch (the TMA variants' device-side tensor
   // descriptors): one region the plan's launches share, as they run in order.
   size_t scratch = 0, scratch_bytes = 0;
@@ -106,10 +106,13 @@ struct Plan {
   Step route, decode_gate_up, decode_shared_gate_up, decode_down;
   // align: align_scatter after align_count, or align_count_scatter alone (no align_count).
   Step align_count, align, gate_up, down, shared_gate_up, shared_down, combine;
+  // down's tile writes y by padded position, unweighted (PADDED_Y): combine gathers
+  // and weighs the rows, the shared expert's from row `capacity` on.
+  bool padded_y = false;
   WorkspaceLayout ws;
 
-  // Sorted path with one row of y per token: down writes out, no combine.
-  bool direct() const { return R == 1; }
+  // Sorted path with one row of y per token in token order: down writes out, no combine.
+  bool direct() const { return R == 1 && !padded_y; }
 
   std::vector<Step> launches() const {
     std::vector<Step> all;
@@ -477,6 +480,7 @@ class GpuBackend final : public gpu::TunableBackend {
     TMOE_RETURN_IF_ERROR(select("gate_up_swiglu", gate_up, &q.gate_up.entry));
     TMOE_RETURN_IF_ERROR(select("down", down, &q.down.entry));
     const int64_t m_blocks = q.capacity / block_m;
+    q.padded_y = q.down.entry->constexpr_or("PADDED_Y", 0) != 0;
     q.gate_up.cover(m_blocks, p.I, "BLOCK_N");
     q.down.cover(m_blocks, p.H, "BLOCK_N");
     q.gate_up.cap_persistent(device_->multiprocessor_count());
@@ -487,7 +491,7 @@ class GpuBackend final : public gpu::TunableBackend {
     }
     if (!q.direct()) {
       const bool combine_hinted = p.H % 16 == 0 && aligned16(p.out);
-      const std::string combine = std::string(act) + (combine_hinted ? "_div16" : "_any");
+      const std::string combine = std::string(act) + (q.padded_y ? "_padded" : "") + (combine_hinted ? "_div16" : "_any");
       TMOE_RETURN_IF_ERROR(select("combine", combine, &q.combine.entry));
       q.combine.cover(p.T, p.H, "BLOCK_H");
     }
@@ -499,10 +503,12 @@ class GpuBackend final : public gpu::TunableBackend {
     w.expert_counts = w.add(p.E * 4);
     w.expert_offsets = w.add((p.E + 1) * 4);
     w.sorted_slots = w.add(q.capacity * 4);
+    w.slot_positions = w.add(q.S * 4);
     w.block_expert = w.add(q.capacity / block_m * 4);
     w.h = w.add(static_cast<size_t>(q.capacity) * p.I * esize);
     if (p.has_shared_expert()) w.h_shared = w.add(static_cast<size_t>(p.T) * p.shared_I * esize);
-    if (!q.direct()) w.y = w.add(static_cast<size_t>(p.T) * q.R * p.H * esize);
+    const int64_t y_rows = q.padded_y ? q.capacity + (p.has_shared_expert() ? p.T : 0) : p.T * q.R;
+    if (!q.direct()) w.y = w.add(static_cast<size_t>(y_rows) * p.H * esize);
     return Status::ok();
   }
 
@@ -612,6 +618,7 @@ class GpuBackend final : public gpu::TunableBackend {
                      {"expert_counts", at(q.ws.expert_counts)},
                      {"expert_offsets", at(q.ws.expert_offsets)},
                      {"sorted_slots", at(q.ws.sorted_slots)},
+                     {"slot_positions", at(q.ws.slot_positions)},
                      {"block_expert", at(q.ws.block_expert)},
                      {"num_slots", i32(q.S)},
                      {"E", i32(p.E)},
@@ -650,6 +657,7 @@ class GpuBackend final : public gpu::TunableBackend {
                                  {"sorted_slots", at(q.ws.sorted_slots)},
                                  {"block_expert", at(q.ws.block_expert)},
                                  {"topk_weights", weights},
+                                 {"expert_offsets", at(q.ws.expert_offsets)},
                                  {"num_slots", i32(q.S)},
                                  {"top_k", i32(p.k)},
                                  {"H", i32(p.H)},
@@ -680,19 +688,27 @@ class GpuBackend final : public gpu::TunableBackend {
                                    {"sorted_slots", null},
                                    {"block_expert", null},
                                    {"topk_weights", null},
+                                   {"expert_offsets", null},
                                    {"num_slots", i32(p.T)},
                                    {"top_k", 1},
                                    {"H", i32(p.H)},
                                    {"I", i32(p.shared_I)},
                                    {"E", 1},
                                    {"num_m_blocks", i32(q.shared_down.row_blocks)},
-                                   {"y_rows_per_token", i32(q.R)},
-                                   {"y_first_row", i32(p.k)}},
+                                   {"y_rows_per_token", i32(q.padded_y ? 1 : q.R)},
+                                   {"y_first_row", i32(q.padded_y ? q.capacity : p.k)}},
                                   q, ws, stream));
     }
     if (q.combine) {
       TMOE_RETURN_IF_ERROR(launch(q.combine,
-                                  {{"y", y}, {"out", device_address(p.out)}, {"H", i32(p.H)}, {"rows_per_token", i32(q.R)}},
+                                  {{"y", y},
+                                   {"out", device_address(p.out)},
+                                   {"slot_positions", at(q.ws.slot_positions)},
+                                   {"topk_weights", weights},
+                                   {"H", i32(p.H)},
+                                   {"rows_per_token", i32(q.R)},
+                                   {"top_k", i32(p.k)},
+                                   {"shared_first_row", i32(q.capacity)}},
                                   q, ws, stream));
     }
     return Status::ok();

@@ -102,7 +102,8 @@ def compile_variant(variant, target_name):
     entry = {
         "kernel": variant.kernel, "variant": variant.name, "target": target_name, "backend": target.backend,
         "arch": str(target.arch), "warp_size": target.warp_size, "entry": md.name, "format": binary_format,
-        "offset": None, "size": None, "num_warps": config.num_warps, "num_stages": config.num_stages,
+        # The compiled kernel's warps: a warp-specialized loop adds its partitions' (4 -> 12).
+        "offset": None, "size": None, "num_warps": md.num_warps, "num_stages": config.num_stages,
         "shared": md.shared, "dtype": variant.dtype, "constexprs": config.constexprs, "params": params,
         # HIP kernels have no global scratch in this Triton: its metadata has no such field.
         "global_scratch_size": getattr(md, "global_scratch_size", 0),

@@ -55,6 +55,13 @@ DEPENDENT_LAUNCH_TARGETS = ("cuda:90",)
 # Persistent or TMA tiles: a block whose slots fit in its first BLOCK_M / 2 rows (an
 # expert's last, mostly padding) multiplies only those (kernels/grouped_gemm.fits_half).
 HALF_TAIL = dict(HALF_TAIL=True)
+# down writes y by padded position, unweighted, through a tensor descriptor, and combine
+# gathers and weighs the rows (kernels/down_combine.padded_tiles); the host sizes y
+# and picks combine's padded variant by this constexpr.
+PADDED_Y = dict(PADDED_Y=True)
+# Triton's warp specialization of the persistent tile loop (a TMA producer warp group
+# and MMA consumers: num_warps 4 a group, 12 in all), on cuda:90 only.
+WARP_SPECIALIZED = dict(WARP_SPECIALIZE=True)
 
 
 def persistent(programs_per_multiprocessor):
@@ -148,11 +155,21 @@ DOWN_TILES[128] += (one_more_stage_on_hopper(DOWN_TILES[128][9]),)
 # T = 512 (-1.2%) and deepseek-v3 T = 64; down m16 t4 is m32's t0 on 16 rows, taken at
 # deepseek T = 32 (performance-log.md #60).
 GATE_UP_TILES[32] += (GATE_UP_TILES[16][3],)
+# down m128 t11, t12: warp-specialized persistent tiles writing y in padded order (#62:
+# 3-12% faster than t6/t7 alone on qwen3-30b-a3b at T = 2048-8192, gpt-oss-120b and
+# deepseek-v3 at 8192; the rows' gather in combine adds 0.003-0.012 ms).
+DOWN_TILES[128] += (
+    {"cuda:90": (256, 64, 4, 3, PADDED_Y | WARP_SPECIALIZED | persistent(1)),
+     "cuda": (128, 64, 8, 3, PADDED_Y | persistent(1)), "hip": (256, 32, 8, 2, PADDED_Y | persistent(1))},
+    {"cuda:90": (128, 64, 4, 4, PADDED_Y | WARP_SPECIALIZED | persistent(1)),
+     "cuda": (128, 64, 8, 3, PADDED_Y | persistent(2)), "hip": (128, 64, 8, 2, PADDED_Y | persistent(2))},
+)
 DOWN_TILES[16] += (DOWN_TILES[32][0],)
 
 # The constexprs a grouped GEMM tile sets unless it says otherwise.
 GATE_UP_DEFAULTS = dict(LAYER_KERNEL, **GROUP8, JOINED=False, TMA=False, PERSISTENT=0, HALF_TAIL=False)
-DOWN_DEFAULTS = dict(LAYER_KERNEL, **GROUP8, TMA=False, PERSISTENT=0, HALF_TAIL=False)
+DOWN_DEFAULTS = dict(LAYER_KERNEL, **GROUP8, TMA=False, PERSISTENT=0, HALF_TAIL=False, PADDED_Y=False,
+                     WARP_SPECIALIZE=False)
 FALLBACK_BLOCK_M = 32
 FALLBACK_TILE = {"cuda": (64, 64, 4, 3), "hip": (64, 64, 4, 2)}
 
@@ -216,8 +233,8 @@ def align_variants():
     count_types = dict(topk_ids="*i32", chunk_counts="*i32", sorted_slots="*i32", num_slots="i32", E="i32",
                        capacity="i32")
     scatter_types = dict(topk_ids="*i32", chunk_counts="*i32", expert_counts="*i32", expert_offsets="*i32",
-                         sorted_slots="*i32", block_expert="*i32", num_slots="i32", E="i32", block_m="i32",
-                         capacity="i32")
+                         sorted_slots="*i32", slot_positions="*i32", block_expert="*i32", num_slots="i32", E="i32",
+                         block_m="i32", capacity="i32")
     count_scatter_types = {arg: ty for arg, ty in scatter_types.items() if arg != "chunk_counts"}
     for chunk in ALIGN_CHUNKS:
         for block_e in EXPERT_BUCKETS:
@@ -287,7 +304,7 @@ def down_variants():
         for mode, routed in (("routed", True), ("dense", False)):
             a = pointer(dtype)
             types = dict(h=a, w2=a, y=a, sorted_slots="*i32", block_expert="*i32", topk_weights="*fp32",
-                         num_slots="i32", top_k="i32", H="i32", I="i32", E="i32", num_m_blocks="i32", y_rows_per_token="i32",
+                         expert_offsets="*i32", num_slots="i32", top_k="i32", H="i32", I="i32", E="i32", num_m_blocks="i32", y_rows_per_token="i32",
                          y_first_row="i32")
             tiles = DOWN_TILES if routed else dense_tiles(DOWN_TILES)
             yield from gemm_variants("down", "down_combine", f"{dtype}_{mode}", dtype, types, routed, tiles,
@@ -296,10 +313,14 @@ def down_variants():
 
 def combine_variants():
     for dtype in ACTIVATION_DTYPES:
-        types = dict(y=pointer(dtype), out=pointer(dtype), H="i32", rows_per_token="i32")
-        configs = same_on_all_backends(dict(LAYER_KERNEL, BLOCK_H=COMBINE_BLOCK_H), 4, 1)
-        yield Variant("combine", "down_combine", f"{dtype}_div16", dtype, types, configs, ("y", "out", "H"))
-        yield Variant("combine", "down_combine", f"{dtype}_any", dtype, types, configs)
+        types = dict(y=pointer(dtype), out=pointer(dtype), slot_positions="*i32", topk_weights="*fp32", H="i32",
+                     rows_per_token="i32", top_k="i32", shared_first_row="i32")
+        for padded in (False, True):
+            configs = same_on_all_backends(dict(LAYER_KERNEL, BLOCK_H=COMBINE_BLOCK_H, PADDED_Y=padded), 4, 1)
+            prefix = f"{dtype}_padded" if padded else dtype
+            yield Variant("combine", "down_combine", f"{prefix}_div16", dtype, types, configs, ("y", "out", "H"))
+            if not padded:  # PADDED_Y down tiles are hinted ones: H and out aligned
+                yield Variant("combine", "down_combine", f"{prefix}_any", dtype, types, configs)
 
 
 def decode_variants():
