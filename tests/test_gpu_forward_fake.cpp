@@ -99,6 +99,13 @@ const ExpectedLaunch& launch_of(const std::vector<ExpectedLaunch>& launches, con
   throw std::logic_error("no expected launch of " + kernel);
 }
 
+#define OPEN_CONTEXT_OR_RETURN()                             \
+  do {                                                       \
+    bool has_kernels_ = false;                               \
+    ASSERT_NO_FATAL_FAILURE(open_context(&has_kernels_));    \
+    if (!has_kernels_) return; /* checked: no GPU kernels */ \
+  } while (0)
+
 class GpuForwardFakeTest : public ::testing::TestWithParam<Api> {
  protected:
   void SetUp() override {
@@ -280,6 +287,21 @@ class GpuForwardFakeTest : public ::testing::TestWithParam<Api> {
     l.args.workspace_bytes = bytes;
     ASSERT_EQ(forward(l), TMOE_SUCCESS) << tmoe_last_error();
     check_launches(l, expected, workspace, bytes);
+  }
+
+  // A forward whose table names a PADDED_Y down tile: that tile, combine's padded
+  // variant, and every launch and buffer as expected_launches derives them.
+  void check_padded_down(const Case& c, const TunedTiles& tuned) {
+    const std::string table = use_tuning_table(c, tuned);
+    OPEN_CONTEXT_OR_RETURN();
+    Layer l = make_layer(c);
+    const std::vector<ExpectedLaunch> expected = expected_launches(l, tuned);
+    const ExpectedLaunch& down = launch_of(expected, "down");
+    ASSERT_EQ(down.entry->variant, "bf16_routed_m128_t" + std::to_string(tuned.down) + "_div16");
+    EXPECT_EQ(down.entry->constexprs.at("PADDED_Y"), 1);
+    EXPECT_EQ(launch_of(expected, "combine").entry->variant, "bf16_padded_div16");
+    forward_in_sized_workspace(l, expected, down.entry->global_scratch_size * down.grid);
+    std::remove(table.c_str());
   }
 
   // The fake drivers' device (tests/fake_driver): an H100's count for CUDA, an MI300X's for HIP.
@@ -747,13 +769,6 @@ class GpuForwardFakeTest : public ::testing::TestWithParam<Api> {
   int allocations_before_ = 0;
 };
 
-#define OPEN_CONTEXT_OR_RETURN()                             \
-  do {                                                       \
-    bool has_kernels_ = false;                               \
-    ASSERT_NO_FATAL_FAILURE(open_context(&has_kernels_));    \
-    if (!has_kernels_) return; /* checked: no GPU kernels */ \
-  } while (0)
-
 const Case kMain = {"logits_shared", 17, 8, 2, 256, 128, 64};
 
 std::string variant_names(const std::vector<ExpectedLaunch>& launches) {
@@ -1080,37 +1095,12 @@ TEST_P(GpuForwardFakeTest, PersistentTilesCapTheirGrids) {
 // position: combine gathers each slot's row through slot_positions and weighs it,
 // the shared expert's rows from row `capacity` on, and runs even with one row per
 // token (no direct write of out).
-void expect_padded_down(const std::vector<ExpectedLaunch>& expected, int tile) {
-  const KernelEntry* down = launch_of(expected, "down").entry;
-  ASSERT_EQ(down->variant, "bf16_routed_m128_t" + std::to_string(tile) + "_div16");
-  EXPECT_EQ(down->constexprs.at("PADDED_Y"), 1);
-  EXPECT_EQ(launch_of(expected, "combine").entry->variant, "bf16_padded_div16");
-}
-
 TEST_P(GpuForwardFakeTest, PaddedDownTileLeavesTheWeightsAndTheOrderToCombine) {
-  const Case c = {"padded_shared", 300, 16, 4, 256, 128, 64};
-  const TunedTiles tuned{128, 7, 11};
-  const std::string table = use_tuning_table(c, tuned);
-  OPEN_CONTEXT_OR_RETURN();
-  Layer l = make_layer(c);
-  const std::vector<ExpectedLaunch> expected = expected_launches(l, tuned);
-  expect_padded_down(expected, 11);
-  const ExpectedLaunch& down = launch_of(expected, "down");
-  forward_in_sized_workspace(l, expected, down.entry->global_scratch_size * down.grid);
-  std::remove(table.c_str());
+  check_padded_down({"padded_shared", 300, 16, 4, 256, 128, 64}, {128, 7, 11});
 }
 
 TEST_P(GpuForwardFakeTest, PaddedDownTileWithOneRowPerTokenStillCombines) {
-  const Case c = {"padded_k1", 300, 16, 1, 256, 128, 0};
-  const TunedTiles tuned{128, 0, 12};
-  const std::string table = use_tuning_table(c, tuned);
-  OPEN_CONTEXT_OR_RETURN();
-  Layer l = make_layer(c);
-  const std::vector<ExpectedLaunch> expected = expected_launches(l, tuned);
-  expect_padded_down(expected, 12);
-  const ExpectedLaunch& down = launch_of(expected, "down");
-  forward_in_sized_workspace(l, expected, down.entry->global_scratch_size * down.grid);
-  std::remove(table.c_str());
+  check_padded_down({"padded_k1", 300, 16, 1, 256, 128, 0}, {128, 0, 12});
 }
 
 // BLOCK_M 32 has a hinted tile for tuned tables (the heuristic never picks it),
