@@ -108,7 +108,7 @@ def padded_tiles(h, w2, y, block_expert, expert_offsets, H, I, E, num_m_blocks, 
     unweighted, through a tensor descriptor (combine gathers and weighs the rows).
     With WARP_SPECIALIZE (cuda:90) Triton splits the tile loop into a TMA producer
     warp group and two MMA consumers, so one tile's epilogue overlaps the next tile's
-    loads: on an H100 qwen3-30b-a3b T = 8192 0.389 ms against the persistent t6's
+    loads: on an H100 qwen3-30b-a3b T = 8192 0.389 ms against the persistent t7's
     0.434 (performance-log.md #62). Triton 3.6 miscompiles pointer loads and stores
     after the K loop of such a loop (rows 64-127 of each block never stored, routing
     weights misread, #62): hence this epilogue touches memory only through the

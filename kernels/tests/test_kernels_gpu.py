@@ -299,8 +299,8 @@ def moe_forward(launcher, x, w13, w2, block_m, logits=None, routing=None, ids=No
                         I=Is, E=1, num_m_blocks=m_blocks)
         launcher.launch("down", v, tile_programs(launcher, "down", v, m_blocks, H), h=h_shared, w2=shared_w2, y=y,
                         sorted_slots=None, block_expert=None, topk_weights=None, expert_offsets=None, num_slots=T,
-                        top_k=1, H=H, I=Is, E=1, num_m_blocks=m_blocks, y_rows_per_token=1 if padded else rows_per_token,
-                        y_first_row=capacity if padded else k)
+                        top_k=1, H=H, I=Is, E=1, num_m_blocks=m_blocks,
+                        y_rows_per_token=1 if padded else rows_per_token, y_first_row=capacity if padded else k)
     if rows_per_token > 1 or padded:
         v = f"{dtype}{'_padded' if padded else ''}_{'div16' if H % 16 == 0 else 'any'}"
         launcher.launch("combine", v, T * triton.cdiv(H, launcher.constexprs("combine", v)["BLOCK_H"]), y=y, out=out,

@@ -491,7 +491,8 @@ class GpuBackend final : public gpu::TunableBackend {
     }
     if (!q.direct()) {
       const bool combine_hinted = p.H % 16 == 0 && aligned16(p.out);
-      const std::string combine = std::string(act) + (q.padded_y ? "_padded" : "") + (combine_hinted ? "_div16" : "_any");
+      const std::string combine =
+          std::string(act) + (q.padded_y ? "_padded" : "") + (combine_hinted ? "_div16" : "_any");
       TMOE_RETURN_IF_ERROR(select("combine", combine, &q.combine.entry));
       q.combine.cover(p.T, p.H, "BLOCK_H");
     }
