@@ -321,20 +321,26 @@ class GpuForwardFakeTest : public ::testing::TestWithParam<Api> {
     return it == e->constexprs.end() ? 0 : it->second;
   }
 
-  // The heuristic's (gate_up, down) tiles of the routed GEMMs for BLOCK_M m
-  // (docs/kernels.md): the H100's winners on CUDA (the fake is sm_90: at m128 the
-  // four-stage TMA gate_up and the persistent down), t0 on HIP.
-  std::pair<int, int> heuristic_tiles(int64_t m) const {
+  // The heuristic's (gate_up, down) tiles of the routed GEMMs for BLOCK_M m, `rows`
+  // slots per expert and intermediate size I (docs/kernels.md): the H100's winners on
+  // CUDA (the fake is sm_90: at m128 the four-stage TMA gate_up and the persistent
+  // down, from 256 rows with I <= 4096 the warp-specialized PADDED_Y down), t0 on HIP.
+  std::pair<int, int> heuristic_tiles(int64_t m, int64_t rows, int64_t I) const {
     if (!cuda()) return {0, 0};
-    return {m == 16 ? 3 : m == 64 ? 2 : 11, m == 64 ? 1 : m == 128 ? 7 : 0};
+    return {m == 16 ? 3 : m == 64 ? 2 : 11, m == 64 ? 1 : m == 128 ? (rows >= 256 && I <= 4096 ? 11 : 7) : 0};
   }
 
   // The heuristic's routed gate_up and down variants for BLOCK_M m, as variant_names() lists them.
-  std::string routed(const std::string& act, int64_t m) const {
-    const auto [g, d] = heuristic_tiles(m);
+  std::string routed(const std::string& act, int64_t m, int64_t rows = 0, int64_t I = 0) const {
+    const auto [g, d] = heuristic_tiles(m, rows, I);
     const std::string block = "_m" + std::to_string(m);
     return "gate_up_swiglu/" + act + "_routed" + block + "_t" + std::to_string(g) + "_div16 down/" + act + "_routed" +
            block + "_t" + std::to_string(d) + "_div16";
+  }
+  // combine's hinted variant after routed(act, m, rows, I): `padded` after a PADDED_Y down.
+  std::string combine(const std::string& act, int64_t m, int64_t rows, int64_t I) const {
+    const bool padded = m == 128 && heuristic_tiles(m, rows, I).second == 11;
+    return "combine/" + act + (padded ? "_padded" : "") + "_div16";
   }
 
   // docs/kernels.md, "Launch order", "Variants and how to pick one", "Workspace"
@@ -456,8 +462,10 @@ class GpuForwardFakeTest : public ::testing::TestWithParam<Api> {
       return launches;
     }
 
-    const int64_t rule_m = tuned ? tuned->block_m : block_m_rule(S / std::min(c.E, S), hinted);
-    const auto [gate_up_tile, down_tile] = tuned ? std::pair{tuned->gate_up, tuned->down} : heuristic_tiles(rule_m);
+    const int64_t rows = S / std::min(c.E, S);
+    const int64_t rule_m = tuned ? tuned->block_m : block_m_rule(rows, hinted);
+    const auto [gate_up_tile, down_tile] =
+        tuned ? std::pair{tuned->gate_up, tuned->down} : heuristic_tiles(rule_m, rows, c.I);
     const KernelEntry* gate_up = entry("gate_up_swiglu", gemm("routed", rule_m, hinted, gate_up_tile));
     const KernelEntry* down = entry("down", gemm("routed", rule_m, hinted, down_tile));
     const int64_t block_m = constexpr_of(gate_up, "BLOCK_M");
@@ -938,18 +946,20 @@ TEST_P(GpuForwardFakeTest, VariantsFollowDtypesAlignmentAndShapes) {
       // 500 rows per expert: BLOCK_M 128; the dense rule's m128 from T = 2000 would run
       // 16 programs, under half the multiprocessors: m64.
       {{"prefill", 2000, 8, 2, 64, 32, 16},
-       "route/f32_e64_k2 align_count/c256_e64 align_scatter/c256_e64 " + routed("bf16", 128) +
-           " gate_up_swiglu/bf16_dense_m64_t0_div16 down/bf16_dense_m64_t0_div16 "
-       "combine/bf16_div16"},
+       "route/f32_e64_k2 align_count/c256_e64 align_scatter/c256_e64 " + routed("bf16", 128, 500, 32) +
+           " gate_up_swiglu/bf16_dense_m64_t0_div16 down/bf16_dense_m64_t0_div16 " + combine("bf16", 128, 500, 32)},
       // Wide enough that the shared expert's m128 grids (16 x 10 programs) keep m128.
       {{"prefill_wide_shared", 2000, 8, 2, 1280, 32, 1280},
-       "route/f32_e64_k2 align_count/c256_e64 align_scatter/c256_e64 " + routed("bf16", 128) +
-           " gate_up_swiglu/bf16_dense_m128_t0_div16 down/bf16_dense_m128_t0_div16 "
-       "combine/bf16_div16"},
+       "route/f32_e64_k2 align_count/c256_e64 align_scatter/c256_e64 " + routed("bf16", 128, 500, 32) +
+           " gate_up_swiglu/bf16_dense_m128_t0_div16 down/bf16_dense_m128_t0_div16 " + combine("bf16", 128, 500, 32)},
+      // I past 4096: the persistent down stays, as on mixtral-8x7b's I = 14336 (#62).
+      {{"prefill_long_I", 2000, 8, 2, 64, 4112, 0},
+       "route/f32_e64_k2 align_count/c256_e64 align_scatter/c256_e64 " + routed("bf16", 128, 500, 4112) + " " +
+           combine("bf16", 128, 500, 4112)},
       // S = 16400 > 16384: CHUNK 2048.
       {{"chunk2048", 8200, 8, 2, 32, 16, 0},
-       "route/f32_e64_k2 align_count/c2048_e64 align_scatter/c2048_e64 " + routed("bf16", 128) +
-           " combine/bf16_div16"},
+       "route/f32_e64_k2 align_count/c2048_e64 align_scatter/c2048_e64 " + routed("bf16", 128, 2050, 16) + " " +
+           combine("bf16", 128, 2050, 16)},
   };
   for (const Variation& v : variations) {
     SCOPED_TRACE(v.c.name);

@@ -298,7 +298,12 @@ class GpuBackend final : public gpu::TunableBackend {
   // slower at mixtral-8x7b T = 8192, #59). m64 keeps t2/t1 (7 of 11 in
   // 2026-11-26's sweep; the newest has 5 m64 buckets split four ways). The m128
   // pair runs its descriptors as TMA only on cuda:90: cuda:80 keeps the sweep before
-  // the TMA tiles (t3/t0, 7 of 13). AMD, never measured, keeps t0.
+  // the TMA tiles (t3/t0, 7 of 13). From 256 rows per expert and I <= 4096 cuda:90's
+  // down is t11, warp-specialized, which overlaps a tile's epilogue with the next
+  // tile's loads: in the layer against t7, qwen3-30b-a3b T = 4096/8192 -3.8/-5.7%,
+  // gpt-oss-120b and deepseek-v3 T = 8192 -1.8/-1.4%; at 128 rows gpt-oss +3.1%, and
+  // on mixtral-8x7b's I = 14336 (a 224-step K loop) +2.0/-2.0% at T = 4096/8192
+  // (#62). AMD, never measured, keeps t0.
   gpu::KernelChoice heuristic(const MoeProblem& p, const Hints& hints) const {
     if (!hints.routed) return {gpu::GemmPath::sorted, kFallbackBlockM, 0, 0};
     if (hints.decode() && p.T == 1) {
@@ -307,11 +312,13 @@ class GpuBackend final : public gpu::TunableBackend {
               widest_decode_tile("decode_down_combine", decode_down_prefix(p), 1, p.H)};
     }
     const int64_t S = p.T * p.k;
-    const int block_m = gemm_block_m(S / std::max<int64_t>(1, std::min(p.E, S)));
+    const int64_t rows = S / std::max<int64_t>(1, std::min(p.E, S));
+    const int block_m = gemm_block_m(rows);
     if (device_->api() != gpu::Api::cuda) return {gpu::GemmPath::sorted, block_m, 0, 0};
     const bool tma = target_ == "cuda:90";
     const int gate_up_tile = block_m == 16 ? 3 : block_m == 64 ? 2 : tma ? 11 : 3;
-    const int down_tile = block_m == 64 ? 1 : block_m == 128 && tma ? 7 : 0;
+    const int hopper_down = rows >= 256 && p.I <= 4096 ? 11 : 7;
+    const int down_tile = block_m == 64 ? 1 : block_m == 128 && tma ? hopper_down : 0;
     return {gpu::GemmPath::sorted, block_m, gate_up_tile, down_tile};
   }
 
