@@ -7,7 +7,8 @@ each at a 256-byte aligned offset) and OUTDIR/manifest.json (docs/kernels.md).
 
 The build fails on any compile error, on a Triton other than the pinned version,
 on a compiled entry point whose parameter count differs from the manifest's
-params, and on a variant that needs more shared memory than its target has.
+params, on a variant that needs more shared memory than its target has, and on a
+variant that asks for warp specialization and compiled without it.
 """
 import argparse
 import concurrent.futures
@@ -96,6 +97,9 @@ def compile_variant(variant, target_name):
     if compiled_params != len(params):
         raise RuntimeError(f"{where}: the entry point has {compiled_params} parameters, the manifest lists "
                            f"{len(params)} ({[p['name'] for p in params]})")
+    if config.constexprs.get("WARP_SPECIALIZE") and md.num_warps == config.num_warps:
+        # The tile's speed and its y layout's reason are the specialization (performance-log.md #62).
+        raise RuntimeError(f"{where}: asks for warp specialization, and Triton compiled its loop without it")
     if md.shared > matrix.SHARED_LIMIT[target_name]:
         raise RuntimeError(f"{where}: needs {md.shared} bytes of shared memory, the target has "
                            f"{matrix.SHARED_LIMIT[target_name]}")
