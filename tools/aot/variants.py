@@ -61,7 +61,7 @@ HALF_TAIL = dict(HALF_TAIL=True)
 PADDED_Y = dict(PADDED_Y=True)
 # Triton's warp specialization of the persistent tile loop (a TMA producer warp group
 # and MMA consumers: num_warps 4 a group, 12 in all), on cuda:90 only.
-WARP_SPECIALIZED = dict(WARP_SPECIALIZE=True)
+WARP_SPECIALIZE = dict(WARP_SPECIALIZE=True)
 
 
 def persistent(programs_per_multiprocessor):
@@ -159,9 +159,9 @@ GATE_UP_TILES[32] += (GATE_UP_TILES[16][3],)
 # 3-12% faster than t6/t7 alone on qwen3-30b-a3b at T = 2048-8192, gpt-oss-120b and
 # deepseek-v3 at 8192; the rows' gather in combine adds 0.003-0.012 ms).
 DOWN_TILES[128] += (
-    {"cuda:90": (256, 64, 4, 3, PADDED_Y | WARP_SPECIALIZED | persistent(1)),
+    {"cuda:90": (256, 64, 4, 3, PADDED_Y | WARP_SPECIALIZE | persistent(1)),
      "cuda": (128, 64, 8, 3, PADDED_Y | persistent(1)), "hip": (256, 32, 8, 2, PADDED_Y | persistent(1))},
-    {"cuda:90": (128, 64, 4, 4, PADDED_Y | WARP_SPECIALIZED | persistent(1)),
+    {"cuda:90": (128, 64, 4, 4, PADDED_Y | WARP_SPECIALIZE | persistent(1)),
      "cuda": (128, 64, 8, 3, PADDED_Y | persistent(2)), "hip": (128, 64, 8, 2, PADDED_Y | persistent(2))},
 )
 DOWN_TILES[16] += (DOWN_TILES[32][0],)
@@ -304,8 +304,8 @@ def down_variants():
         for mode, routed in (("routed", True), ("dense", False)):
             a = pointer(dtype)
             types = dict(h=a, w2=a, y=a, sorted_slots="*i32", block_expert="*i32", topk_weights="*fp32",
-                         expert_offsets="*i32", num_slots="i32", top_k="i32", H="i32", I="i32", E="i32", num_m_blocks="i32", y_rows_per_token="i32",
-                         y_first_row="i32")
+                         expert_offsets="*i32", num_slots="i32", top_k="i32", H="i32", I="i32", E="i32",
+                         num_m_blocks="i32", y_rows_per_token="i32", y_first_row="i32")
             tiles = DOWN_TILES if routed else dense_tiles(DOWN_TILES)
             yield from gemm_variants("down", "down_combine", f"{dtype}_{mode}", dtype, types, routed, tiles,
                                      DOWN_DEFAULTS)
