@@ -339,7 +339,9 @@ class GpuForwardFakeTest : public ::testing::TestWithParam<Api> {
   }
   // combine's hinted variant after routed(act, m, rows, I): `padded` after a PADDED_Y down.
   std::string combine(const std::string& act, int64_t m, int64_t rows, int64_t I) const {
-    const bool padded = m == 128 && heuristic_tiles(m, rows, I).second == 11;
+    const std::string down =
+        act + "_routed_m" + std::to_string(m) + "_t" + std::to_string(heuristic_tiles(m, rows, I).second) + "_div16";
+    const bool padded = constexpr_of(entry("down", down), "PADDED_Y") != 0;
     return "combine/" + act + (padded ? "_padded" : "") + "_div16";
   }
 
