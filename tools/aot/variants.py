@@ -140,8 +140,8 @@ DOWN_TILES = {
 
 
 def one_more_stage_on_hopper(tile):
-    """The tile with one more pipeline stage on cuda:90, where the m128 TMA tiles then
-    take 192 KiB: the H100 holds it, the A100 does not (performance-log.md #57)."""
+    """The tile with one more pipeline stage on cuda:90, whose shared memory holds what
+    the A100's may not (the m128 TMA tiles then take 192 KiB, performance-log.md #57)."""
     n, k, warps, stages, *extra = tile["cuda"]
     return dict(tile, **{"cuda:90": (n, k, warps, stages + 1, *extra)})
 
@@ -165,6 +165,12 @@ DOWN_TILES[128] += (
      "cuda": (128, 64, 8, 3, PADDED_Y | persistent(2)), "hip": (128, 64, 8, 2, PADDED_Y | persistent(2))},
 )
 DOWN_TILES[16] += (DOWN_TILES[32][0],)
+# gate_up m32 t2 (128 of w13's rows) and t3 (t0 one stage deeper), down m32 t1 (vLLM's
+# small-T tile, as m16's t3): tune took them at deepseek-v3 T = 64 and 256, gpt-oss-120b
+# T = 512 (-0.1 to -1.0%, performance-log.md #67).
+GATE_UP_TILES[32] += ({"cuda": (128, 128, 4, 3, JOINED), "hip": (128, 64, 4, 2, JOINED)},
+                      one_more_stage_on_hopper(GATE_UP_TILES[32][0]))
+DOWN_TILES[32] += (DOWN_TILES[16][3],)
 
 # The constexprs a grouped GEMM tile sets unless it says otherwise.
 GATE_UP_DEFAULTS = dict(LAYER_KERNEL, **GROUP8, JOINED=False, TMA=False, PERSISTENT=0, HALF_TAIL=False)
