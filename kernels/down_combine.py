@@ -122,11 +122,8 @@ def padded_tiles(h, w2, y, block_expert, expert_offsets, H, I, E, num_m_blocks, 
     for tile in tl.range(tl.program_id(0), m_blocks * num_n_blocks, tl.num_programs(0),
                          warp_specialize=WARP_SPECIALIZE):
         pid_m, pid_n = grouped_tile(tile, m_blocks, num_n_blocks, GROUP_M)
-        expert = tl.load(block_expert + pid_m)
-        acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-        for k0 in range(0, I, BLOCK_K):
-            w = w_desc.load([expert, pid_n * BLOCK_N, k0]).reshape(BLOCK_N, BLOCK_K)
-            acc = tl.dot(h_desc.load([pid_m * BLOCK_M, k0]), w.T, acc)
+        acc = expert_rows_product(h_desc, w_desc, pid_m * BLOCK_M, tl.load(block_expert + pid_m), pid_n, I,
+                                  BLOCK_M, BLOCK_N, BLOCK_K)
         y_desc.store([pid_m * BLOCK_M, pid_n * BLOCK_N], acc.to(y.dtype.element_ty))
 
 
@@ -170,11 +167,19 @@ def rows_tile(h_desc, w_desc, y, sorted_slots, topk_weights, first_row, expert, 
     slots = tl.load(sorted_slots + (first_row + tl.arange(0, ROWS)))
     has_slot = slots < num_slots
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    acc = expert_rows_product(h_desc, w_desc, first_row, expert, pid_n, I, ROWS, BLOCK_N, BLOCK_K)
+    store_rows(y, acc, topk_weights, slots, has_slot, cols, cols < H, top_k, H, y_rows_per_token, y_first_row, True)
+
+
+@triton.jit
+def expert_rows_product(h_desc, w_desc, first_row, expert, pid_n, I, ROWS: tl.constexpr, BLOCK_N: tl.constexpr,
+                        BLOCK_K: tl.constexpr):
+    """ROWS rows of h from padded position first_row times w2[expert]'s BLOCK_N block pid_n, in float32."""
     acc = tl.zeros([ROWS, BLOCK_N], tl.float32)
     for k0 in range(0, I, BLOCK_K):
         w = w_desc.load([expert, pid_n * BLOCK_N, k0]).reshape(BLOCK_N, BLOCK_K)
         acc = tl.dot(h_desc.load([first_row, k0]), w.T, acc)
-    store_rows(y, acc, topk_weights, slots, has_slot, cols, cols < H, top_k, H, y_rows_per_token, y_first_row, True)
+    return acc
 
 
 @triton.jit
