@@ -110,6 +110,9 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   tune->add_option("--device", tune_opt.device, "GPU index")->capture_default_str();
   tune->add_option("--out", tune_opt.out, "the table to write (default configs/<device>.json)");
+  tune->add_option("--sweep", tune_opt.sweep_file,
+                   "also write every candidate's sweep time and the final rounds' times, per model and T, to this "
+                   "JSON file");
   tune->add_option("--models-file", models_file, "model presets file")->capture_default_str();
 
   CLI11_PARSE(app, argc, argv);

@@ -50,6 +50,14 @@ std::string format_ms(double ms) {
   return text;
 }
 
+// Written whole after every T: a sweep cut short (a device call's time limit) keeps
+// every bucket it finished.
+void write_json(const std::string& file, const nlohmann::json& j, const std::string& option) {
+  std::ofstream f(file);
+  if (!f) throw std::runtime_error(option + ": cannot write " + file);
+  f << j.dump(1) << "\n";
+}
+
 std::string today() {
   const std::time_t now = std::time(nullptr);
   char text[16];
@@ -95,16 +103,16 @@ int run_tune(const TuneOptions& opt) {
     check(gpu::TuningTable::parse(existing, "--out " + out_file, &previous));
     std::printf("updating %s: its other shapes are kept\n", out_file.c_str());
   }
-  // Written after every T (with the model in progress), so a sweep cut short (a
-  // device call's time limit) keeps every bucket it finished.
+  // The table with the model in progress.
   auto write_table = [&](const nlohmann::json& current_shape) {
     nlohmann::json merged = table;
     merged["shapes"].push_back(current_shape);
     if (!existing.empty()) check(gpu::merge_tuning_table(existing, "--out " + out_file, &merged));
-    std::ofstream f(out_file);
-    if (!f) throw std::runtime_error("--out: cannot write " + out_file);
-    f << merged.dump(1) << "\n";
+    write_json(out_file, merged, "--out");
   };
+  // --sweep: how close every candidate came, where the table keeps only the winner;
+  // written before the winner's check, so a refused winner's sweep is kept too.
+  nlohmann::json sweep_log = nlohmann::json::array();
   for (const ModelShape& m : opt.models) {
     const LayerInputs inputs(*dev, m, dtype, opt.seed);
     // Each shape says when and how it was tuned: a merged table holds several runs.
@@ -191,6 +199,17 @@ int run_tune(const TuneOptions& opt) {
       bucket["heuristic_ms"] = heuristic_ms;
       if (before) bucket["previous_ms"] = final_ms_of(*before);
       bucket["candidates"] = candidates.size();
+      if (!opt.sweep_file.empty()) {
+        nlohmann::json entry = {{"model", m.name}, {"T", T}, {"winner", best.describe()}, {"rel_l2_err", err}};
+        entry["sweep"] = nlohmann::json::array();
+        for (const auto& [ms, choice] : sweep) entry["sweep"].push_back({{"choice", choice.describe()}, {"ms", ms}});
+        entry["final"] = nlohmann::json::array();
+        for (size_t i = 0; i < finalists.size(); ++i) {
+          entry["final"].push_back({{"choice", finalists[i].describe()}, {"ms", final_ms[i]}});
+        }
+        sweep_log.push_back(entry);
+        write_json(opt.sweep_file, sweep_log, "--sweep");
+      }
       if (!ok) {
         std::printf("FAILED: the winner's error exceeds its bound; %s keeps the buckets before this one\n",
                     out_file.c_str());

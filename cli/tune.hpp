@@ -17,6 +17,7 @@ struct TuneOptions {
   int device = 0;
   std::string out;              // empty: configs/<device slug>.json
   std::string command;          // recorded in the table
+  std::string sweep_file;       // empty: none; else every candidate's time per model and T (JSON)
   int check_rows = 4;           // rows of the winner's output checked against float64
   uint64_t seed = 1;
 };

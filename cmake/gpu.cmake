@@ -94,6 +94,12 @@ tmoe_manifest_json_end:
   .section .note.GNU-stack,"",@progbits
 ]])
 
+  if(TARGET tmoe_tests AND TARGET tmoe_kernel_bundle)
+    add_test(NAME tmoe_tune_fake_driver
+             COMMAND ${CMAKE_COMMAND} -DTMOE=$<TARGET_FILE:tmoe_cli> -DFAKE_CUDA=$<TARGET_FILE:fake_cuda>
+                     -DMODELS=${CMAKE_SOURCE_DIR}/tests/data/bench_models.json
+                     -DOUT=${CMAKE_BINARY_DIR}/tune_fake_driver -P ${CMAKE_SOURCE_DIR}/tests/tune_fake_driver.cmake)
+  endif()
   if(TARGET tmoe_tests)
     add_dependencies(tmoe_tests fake_cuda fake_hip)
     target_compile_definitions(tmoe_tests PRIVATE

@@ -5,8 +5,8 @@
 # kernel choice, the Python binding and the kernels' JIT test, and `tmoe bench
 # --backend gpu` for each model in $MODELS (default mixtral-8x7b; empty: none). With
 # TUNE=1, first `tmoe tune` for the presets in $TUNE_MODELS (default all; the table
-# lands in the logs as tuned-table.json and serves the benches through
-# TMOE_TUNING_TABLE). TUNE_FROM=configs/<device>.json starts that table from the
+# lands in the logs as tuned-table.json, every candidate's time as tune-sweep.json,
+# and the table serves the benches through TMOE_TUNING_TABLE). TUNE_FROM=configs/<device>.json starts that table from the
 # committed one, so tuning some models keeps the others' rows (a whole sweep takes
 # about 10 minutes on an H100, past a device call's limit with the checks: tune
 # qwen3 and gpt-oss in one call, mixtral and deepseek in the next). SKIP names
@@ -26,7 +26,8 @@ step info "$bin/tmoe" info
 if [ "${TUNE:-0}" = 1 ]; then
   [ -n "${TUNE_FROM:-}" ] && cp "$TUNE_FROM" "$out/tuned-table.json"
   step tune timeout "${TUNE_SECONDS:-420}" "$bin/tmoe" tune --model "${TUNE_MODELS:-all}" \
-    --tokens "${TUNE_TOKENS:-1,2,4,8,16,32,64,128,256,512,1024,2048,4096,8192}" --out "$out/tuned-table.json"
+    --tokens "${TUNE_TOKENS:-1,2,4,8,16,32,64,128,256,512,1024,2048,4096,8192}" --out "$out/tuned-table.json" \
+    --sweep "$out/tune-sweep.json"
   [ -f "$out/tuned-table.json" ] && export TMOE_TUNING_TABLE="$out/tuned-table.json"
 fi
 # The fake-driver suites load test doubles from the build tree; they run in CI.
