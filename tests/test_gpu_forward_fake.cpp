@@ -362,7 +362,7 @@ class GpuForwardFakeTest : public ::testing::TestWithParam<Api> {
     };
     auto block_m_rule = [](int64_t rows, bool hinted) -> int64_t {
       if (!hinted) return 32;
-      return rows <= 16 ? 16 : rows <= 128 ? 64 : 128;
+      return rows <= 16 ? 16 : rows < 128 ? 64 : 128;
     };
 
     // Routed GEMMs: one BLOCK_M for both, which is also the alignment's.
@@ -945,6 +945,12 @@ TEST_P(GpuForwardFakeTest, VariantsFollowDtypesAlignmentAndShapes) {
       {{"e1000", 64, 1000, 2, 32, 16, 0},
        "route/f32_e1024_k2 align_count_scatter/c256_e1024 " + routed("bf16", 16) +
            " combine/bf16_div16"},
+      // 127 and 128 rows per expert: BLOCK_M 64, then 128 (performance-log.md #68).
+      {{"rows127", 508, 8, 2, 64, 32, 0},
+       "route/f32_e64_k2 align_count/c256_e64 align_scatter/c256_e64 " + routed("bf16", 64) + " combine/bf16_div16"},
+      {{"rows128", 512, 8, 2, 64, 32, 0},
+       "route/f32_e64_k2 align_count/c256_e64 align_scatter/c256_e64 " + routed("bf16", 128, 128, 32) + " " +
+           combine("bf16", 128, 128, 32)},
       // 500 rows per expert: BLOCK_M 128; the dense rule's m128 from T = 2000 would run
       // 16 programs, under half the multiprocessors: m64.
       {{"prefill", 2000, 8, 2, 64, 32, 16},

@@ -45,10 +45,14 @@ constexpr int64_t kDecodeMaxTokens = 16;  // the decode path's candidates stop h
 
 // The heuristic's GEMM row block for `rows` rows per expert (untuned shapes):
 // small blocks waste no padding at decode, large ones reuse each weight tile
-// across more rows at prefill.
+// across more rows at prefill. At 128 rows the H100's tuned m128 pair ran 27-35%
+// faster than the heuristic's m64 t2/t1 on all four presets (mixtral-8x7b T = 512,
+// qwen3-30b-a3b T = 2048, gpt-oss-120b and deepseek-v3 T = 4096; m128 t11/t7, the
+// heuristic's pair there, 2.4-2.5% behind the tuned pair on the two measured,
+// performance-log.md #65, #68).
 int gemm_block_m(int64_t rows) {
   if (rows <= 16) return 16;
-  if (rows <= 128) return 64;
+  if (rows < 128) return 64;
   return 128;
 }
 
