@@ -166,8 +166,8 @@ DOWN_TILES[128] += (
 )
 DOWN_TILES[16] += (DOWN_TILES[32][0],)
 # gate_up m32 t2 (128 of w13's rows) and t3 (t0 one stage deeper), down m32 t1 (vLLM's
-# small-T tile, as m16's t3): tune took them at deepseek-v3 T = 64 and 256, gpt-oss-120b
-# T = 512 (-0.1 to -1.0%, performance-log.md #67).
+# small-T tile, as m16's t3): tune took them at deepseek-v3 T = 64 and 256, qwen3-30b-a3b
+# T = 256, gpt-oss-120b T = 512 (-0.1 to -1.0%, performance-log.md #67).
 GATE_UP_TILES[32] += ({"cuda": (128, 128, 4, 3, JOINED), "hip": (128, 64, 4, 2, JOINED)},
                       one_more_stage_on_hopper(GATE_UP_TILES[32][0]))
 DOWN_TILES[32] += (DOWN_TILES[16][3],)
