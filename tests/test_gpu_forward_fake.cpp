@@ -327,7 +327,8 @@ class GpuForwardFakeTest : public ::testing::TestWithParam<Api> {
   // down, from 256 rows with I <= 4096 the warp-specialized PADDED_Y down), t0 on HIP.
   std::pair<int, int> heuristic_tiles(int64_t m, int64_t rows, int64_t I) const {
     if (!cuda()) return {0, 0};
-    return {m == 16 ? 3 : m == 64 ? 2 : 11, m == 64 ? 1 : m == 128 ? (rows >= 256 && I <= 4096 ? 11 : 7) : 0};
+    const int gate_up = m == 16 ? 3 : m == 32 ? 0 : m == 64 ? 2 : 11;
+    return {gate_up, m == 64 ? 1 : m == 128 ? (rows >= 256 && I <= 4096 ? 11 : 7) : 0};
   }
 
   // The heuristic's routed gate_up and down variants for BLOCK_M m, as variant_names() lists them.
@@ -362,7 +363,11 @@ class GpuForwardFakeTest : public ::testing::TestWithParam<Api> {
     };
     auto block_m_rule = [](int64_t rows, bool hinted) -> int64_t {
       if (!hinted) return 32;
-      return rows <= 16 ? 16 : rows < 128 ? 64 : 128;
+      return rows < 16 ? 16 : rows < 32 ? 32 : rows < 128 ? 64 : 128;
+    };
+    auto dense_block_m_rule = [](int64_t T, bool hinted) -> int64_t {
+      if (!hinted) return 32;
+      return T <= 16 ? 16 : T <= 128 ? 64 : 128;
     };
 
     // Routed GEMMs: one BLOCK_M for both, which is also the alignment's.
@@ -559,7 +564,7 @@ class GpuForwardFakeTest : public ::testing::TestWithParam<Api> {
       // would leave over half the multiprocessors idle, each GEMM alone; m32_any when
       // H or Is is not a multiple of 16.
       auto dense_entry = [&](const char* kernel, int64_t N) {
-        const int64_t m = block_m_rule(c.T, shared_hinted);
+        const int64_t m = dense_block_m_rule(c.T, shared_hinted);
         const KernelEntry* e = entry(kernel, gemm("dense", m, shared_hinted, 0));
         if (m == 128 && 2 * cdiv(c.T, m) * cdiv(N, constexpr_of(e, "BLOCK_N")) < fake_multiprocessors()) {
           e = entry(kernel, gemm("dense", 64, true, 0));
@@ -945,7 +950,16 @@ TEST_P(GpuForwardFakeTest, VariantsFollowDtypesAlignmentAndShapes) {
       {{"e1000", 64, 1000, 2, 32, 16, 0},
        "route/f32_e1024_k2 align_count_scatter/c256_e1024 " + routed("bf16", 16) +
            " combine/bf16_div16"},
-      // 127 and 128 rows per expert: BLOCK_M 64, then 128 (performance-log.md #68).
+      // 15 and 16 rows per expert: BLOCK_M 16, then 32 (performance-log.md #69); 31 and
+      // 32: 32, then 64; 127 and 128: 64, then 128 (#68).
+      {{"rows15", 60, 8, 2, 64, 32, 0},
+       "route/f32_e64_k2 align_count_scatter/c256_e64 " + routed("bf16", 16) + " combine/bf16_div16"},
+      {{"rows16", 64, 8, 2, 64, 32, 0},
+       "route/f32_e64_k2 align_count_scatter/c256_e64 " + routed("bf16", 32) + " combine/bf16_div16"},
+      {{"rows31", 124, 8, 2, 64, 32, 0},
+       "route/f32_e64_k2 align_count_scatter/c256_e64 " + routed("bf16", 32) + " combine/bf16_div16"},
+      {{"rows32", 128, 8, 2, 64, 32, 0},
+       "route/f32_e64_k2 align_count_scatter/c256_e64 " + routed("bf16", 64) + " combine/bf16_div16"},
       {{"rows127", 508, 8, 2, 64, 32, 0},
        "route/f32_e64_k2 align_count/c256_e64 align_scatter/c256_e64 " + routed("bf16", 64) + " combine/bf16_div16"},
       {{"rows128", 512, 8, 2, 64, 32, 0},

@@ -43,16 +43,25 @@ bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 constexpr int kFallbackBlockM = 32;  // the unhinted ("any") GEMM variants' row block
 constexpr int64_t kDecodeMaxTokens = 16;  // the decode path's candidates stop here
 
-// The heuristic's GEMM row block for `rows` rows per expert (untuned shapes):
-// small blocks waste no padding at decode, large ones reuse each weight tile
-// across more rows at prefill. At 128 rows the H100's tuned m128 pair ran 27-35%
-// faster than the heuristic's m64 t2/t1 on all four presets (mixtral-8x7b T = 512,
-// qwen3-30b-a3b T = 2048, gpt-oss-120b and deepseek-v3 T = 4096; m128 t11/t7, the
-// heuristic's pair there, 2.4-2.5% behind the tuned pair on the two measured,
-// performance-log.md #65, #68).
-int gemm_block_m(int64_t rows) {
-  if (rows <= 16) return 16;
+// The heuristic's routed GEMM row block for `rows` rows per expert (untuned
+// shapes): small blocks waste no padding at decode, large ones reuse each weight
+// tile across more rows at prefill. From the H100 tunes (performance-log.md #68,
+// #69), each time against the heuristic's previous choice in the same final rounds:
+// at 16 rows m32 t0/t0 ran 2.3-9% ahead of m16 on all four presets; at 128 rows the
+// tuned m128 pairs ran 27-35% ahead of m64 on all four (m128 t11/t7, the pair the
+// heuristic runs there, 23-24% on the two where it was timed).
+int routed_block_m(int64_t rows) {
+  if (rows < 16) return 16;
+  if (rows < 32) return 32;
   if (rows < 128) return 64;
+  return 128;
+}
+
+// The shared expert's row block for its T rows: the dense GEMMs are not tuned and
+// compile BLOCK_M 16, 64 and 128 only (tools/aot/variants.py, DENSE_BLOCK_M).
+int dense_block_m(int64_t T) {
+  if (T <= 16) return 16;
+  if (T <= 128) return 64;
   return 128;
 }
 
@@ -299,7 +308,9 @@ class GpuBackend final : public gpu::TunableBackend {
   // on qwen3's I = 768 (performance-log.md #29), so t0; m128 gate_up t11, TMA four
   // stages deep, and down t7, persistent: against t7/t7, the sweep's pair before,
   // 0.4-10.5% faster in 6 of 7 layer cells that the rule sends to m128 and 3.3%
-  // slower at mixtral-8x7b T = 8192, #59). m64 keeps t2/t1 (7 of 11 in
+  // slower at mixtral-8x7b T = 8192, #59). m32 takes t0/t0 (vLLM's deepseek-v3
+  // gate_up config and its down: the tuned m32 pair until #67's tiles, and within
+  // 0.2% of qwen3-30b-a3b T = 256's newer t2/t0, #69). m64 keeps t2/t1 (7 of 11 in
   // 2026-11-26's sweep; the newest has 5 m64 buckets split four ways). The m128
   // pair runs its descriptors as TMA only on cuda:90: cuda:80 keeps the sweep before
   // the TMA tiles (t3/t0, 7 of 13). From 256 rows per expert and I <= 4096 cuda:90's
@@ -317,10 +328,10 @@ class GpuBackend final : public gpu::TunableBackend {
     }
     const int64_t S = p.T * p.k;
     const int64_t rows = S / std::max<int64_t>(1, std::min(p.E, S));
-    const int block_m = gemm_block_m(rows);
+    const int block_m = routed_block_m(rows);
     if (device_->api() != gpu::Api::cuda) return {gpu::GemmPath::sorted, block_m, 0, 0};
     const bool tma = target_ == "cuda:90";
-    const int gate_up_tile = block_m == 16 ? 3 : block_m == 64 ? 2 : tma ? 11 : 3;
+    const int gate_up_tile = block_m == 16 ? 3 : block_m == 32 ? 0 : block_m == 64 ? 2 : tma ? 11 : 3;
     const int hopper_down = rows >= 256 && p.I <= 4096 ? 11 : 7;
     const int down_tile = block_m == 64 ? 1 : block_m == 128 && tma ? hopper_down : 0;
     return {gpu::GemmPath::sorted, block_m, gate_up_tile, down_tile};
@@ -442,14 +453,14 @@ class GpuBackend final : public gpu::TunableBackend {
   }
 
   // One GEMM of the shared expert over N columns (not tuned: tile t0). BLOCK_M from T
-  // by the routed rule, except that m128 steps down to m64 where its grid would
+  // (dense_block_m), except that m128 steps down to m64 where its grid would
   // leave over half the SMs idle: deepseek-v3's shared gate_up at T = 512 ran 64
   // programs of m128 on 132 SMs, 93 us for 59 MB of weights (ncu), while at T = 1024
   // m128's 128 programs beat m64's 512 (performance-log.md #27). Each dense GEMM
   // chooses alone: h_shared does not depend on BLOCK_M.
   Status plan_dense(const char* kernel, const MoeProblem& p, const Hints& hints, int64_t N, Step* step) const {
     const char* act = dtype_key(p.dtype);
-    int block_m = hints.shared ? gemm_block_m(p.T) : kFallbackBlockM;
+    int block_m = hints.shared ? dense_block_m(p.T) : kFallbackBlockM;
     TMOE_RETURN_IF_ERROR(select(kernel, gemm_variant(act, "dense", block_m, hints.shared, 0), &step->entry));
     step->cover(cdiv(p.T, block_m), N, "BLOCK_N");
     if (block_m == 128 && 2 * step->programs < device_->multiprocessor_count()) {

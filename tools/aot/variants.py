@@ -78,8 +78,8 @@ def persistent(programs_per_multiprocessor):
 # CUDA tiles fit the A100's shared memory (163 KiB) as well as the H100's, unless the
 # tile names a target ("cuda:90") whose config replaces the backend's there. AMD keeps
 # two stages: its pipeliner holds one buffer in LDS (64 KiB on gfx90a/gfx942), the
-# next in registers. BLOCK_M 32's hinted tiles are for `tmoe tune` (the heuristic
-# never picks them); the unhinted fallback ("m32_any") has FALLBACK_TILE.
+# next in registers. Of BLOCK_M 32's hinted tiles the heuristic runs t0/t0, the rest
+# are for `tmoe tune`; the unhinted fallback ("m32_any") has FALLBACK_TILE.
 GATE_UP_TILES = {
     16: ({"cuda": (64, 128, 4, 4), "hip": (64, 64, 4, 2)},
          {"cuda": (32, 128, 4, 4), "hip": (32, 128, 4, 2)},
