@@ -3,9 +3,9 @@
 # machine): `tmoe bench` of each model in $MODELS at $TOKENS with build A
 # (.gpu-build/a) and build B (.gpu-build), the order alternating over $ROUNDS rounds
 # (clocks drift within a call: a fixed order once read as a 2% change,
-# performance-log.md #28), on one seed and one tuned table. Prints, per model and T,
-# A's and B's median over the rounds, B/A and both plans; logs in gpu-ab-out and,
-# packed, in $OUT.
+# performance-log.md #28), on one seed and one tuned table (or, with HEURISTIC=1,
+# none). Prints, per model and T, A's and B's median over the rounds, B/A and both
+# plans; logs in gpu-ab-out and, packed, in $OUT.
 # Here, before the call (carry .gpu-build): B is `bash scripts/gpu-pack.sh`; A an
 # earlier revision packed the same way, e.g.
 #   git worktree add /tmp/a REV && (cd /tmp/a && bash scripts/gpu-pack.sh)
@@ -14,7 +14,14 @@ set -u
 for dir in .gpu-build/a .gpu-build; do tar -C "$dir" -xJf "$dir/bin.tar.xz" || exit 1; done
 out=gpu-ab-out
 rm -rf "$out" && mkdir -p "$out"
-# Both builds read this tree's table for the card (each embeds its own revision's).
+# Both builds read this tree's table for the card (each embeds its own revision's);
+# with HEURISTIC=1 a table of the card with no shapes, so both run their heuristic
+# (a heuristic change's A/B, performance-log.md #68, #69).
+if [ "${HEURISTIC:-0}" = 1 ]; then
+  card=$(.gpu-build/tmoe info | sed -n 's/^backend gpu: device 0: \(.*\) (\([^()]*\))$/"device": "\1", "target": "\2"/p')
+  echo "{\"format\": 1, $card, \"shapes\": []}" > "$out/no-shapes.json"
+  export TMOE_TUNING_TABLE=$out/no-shapes.json
+fi
 table=configs/$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr ' ' '-' | tr 'A-Z' 'a-z').json
 [ -f "$table" ] && export TMOE_TUNING_TABLE=${TMOE_TUNING_TABLE:-$table}
 echo "table: ${TMOE_TUNING_TABLE:-none, each build uses its embedded table or the heuristic}" | tee "$out/table.txt"
