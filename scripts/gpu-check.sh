@@ -6,8 +6,9 @@
 # --backend gpu` for each model in $MODELS (default mixtral-8x7b; empty: none). With
 # TUNE=1, first `tmoe tune` for the presets in $TUNE_MODELS (default all; the table
 # lands in the logs as tuned-table.json, every candidate's time as tune-sweep.json,
-# and the table serves the benches through TMOE_TUNING_TABLE). TUNE_FROM=configs/<device>.json starts that table from the
-# committed one, so tuning some models keeps the others' rows (a whole sweep takes
+# and the table serves the benches through TMOE_TUNING_TABLE).
+# TUNE_FROM=configs/<device>.json starts that table from the committed one, so
+# tuning some models keeps the others' rows (a whole sweep takes
 # about 10 minutes on an H100, past a device call's limit with the checks: tune
 # qwen3 and gpt-oss in one call, mixtral and deepseek in the next). SKIP names
 # steps to leave out (e.g. SKIP="tests memcheck python"). Logs go to

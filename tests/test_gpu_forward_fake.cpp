@@ -297,7 +297,7 @@ class GpuForwardFakeTest : public ::testing::TestWithParam<Api> {
     Layer l = make_layer(c);
     const std::vector<ExpectedLaunch> expected = expected_launches(l, tuned);
     const ExpectedLaunch& down = launch_of(expected, "down");
-    ASSERT_EQ(down.entry->variant, "bf16_routed_m128_t" + std::to_string(tuned.down) + "_div16");
+    ASSERT_EQ(down.entry->variant, routed_variant("bf16", 128, tuned.down));
     EXPECT_EQ(down.entry->constexprs.at("PADDED_Y"), 1);
     EXPECT_EQ(launch_of(expected, "combine").entry->variant, "bf16_padded_div16");
     forward_in_sized_workspace(l, expected, down.entry->global_scratch_size * down.grid);
@@ -331,19 +331,22 @@ class GpuForwardFakeTest : public ::testing::TestWithParam<Api> {
     return {gate_up, m == 64 ? 1 : m == 128 ? (rows >= 256 && I <= 4096 ? 11 : 7) : 0};
   }
 
+  // A GEMM variant's name: "bf16_routed_m128_t11_div16", "bf16_dense_m32_any".
+  static std::string gemm_variant(const std::string& act, const char* mode, int64_t m, bool hinted, int tile) {
+    return act + "_" + mode + "_m" + std::to_string(m) + (hinted ? "_t" + std::to_string(tile) + "_div16" : "_any");
+  }
+  static std::string routed_variant(const std::string& act, int64_t m, int tile) {
+    return gemm_variant(act, "routed", m, true, tile);
+  }
   // The heuristic's routed gate_up and down variants for BLOCK_M m, as variant_names() lists them.
   std::string routed(const std::string& act, int64_t m, int64_t rows = 0, int64_t I = 0) const {
     const auto [g, d] = heuristic_tiles(m, rows, I);
-    const std::string block = "_m" + std::to_string(m);
-    return "gate_up_swiglu/" + act + "_routed" + block + "_t" + std::to_string(g) + "_div16 down/" + act + "_routed" +
-           block + "_t" + std::to_string(d) + "_div16";
+    return "gate_up_swiglu/" + routed_variant(act, m, g) + " down/" + routed_variant(act, m, d);
   }
   // combine's hinted variant after routed(act, m, rows, I): `padded` after a PADDED_Y down.
   std::string combine(const std::string& act, int64_t m, int64_t rows, int64_t I) const {
-    const std::string down =
-        act + "_routed_m" + std::to_string(m) + "_t" + std::to_string(heuristic_tiles(m, rows, I).second) + "_div16";
-    const bool padded = constexpr_of(entry("down", down), "PADDED_Y") != 0;
-    return "combine/" + act + (padded ? "_padded" : "") + "_div16";
+    const KernelEntry* down = entry("down", routed_variant(act, m, heuristic_tiles(m, rows, I).second));
+    return "combine/" + act + (constexpr_of(down, "PADDED_Y") != 0 ? "_padded" : "") + "_div16";
   }
 
   // docs/kernels.md, "Launch order", "Variants and how to pick one", "Workspace"
@@ -358,9 +361,6 @@ class GpuForwardFakeTest : public ::testing::TestWithParam<Api> {
     const int64_t es = static_cast<int64_t>(element_bytes(c.act));
     const std::string act = dtype_key(c.act);
     auto a16 = [](const void* p) { return address(p) % 16 == 0; };
-    auto gemm = [&](const char* mode, int64_t m, bool hinted, int tile) {
-      return act + "_" + mode + "_m" + std::to_string(m) + (hinted ? "_t" + std::to_string(tile) + "_div16" : "_any");
-    };
     auto block_m_rule = [](int64_t rows, bool hinted) -> int64_t {
       if (!hinted) return 32;
       return rows < 16 ? 16 : rows < 32 ? 32 : rows < 128 ? 64 : 128;
@@ -473,8 +473,8 @@ class GpuForwardFakeTest : public ::testing::TestWithParam<Api> {
     const int64_t rule_m = tuned ? tuned->block_m : block_m_rule(rows, hinted);
     const auto [gate_up_tile, down_tile] =
         tuned ? std::pair{tuned->gate_up, tuned->down} : heuristic_tiles(rule_m, rows, c.I);
-    const KernelEntry* gate_up = entry("gate_up_swiglu", gemm("routed", rule_m, hinted, gate_up_tile));
-    const KernelEntry* down = entry("down", gemm("routed", rule_m, hinted, down_tile));
+    const KernelEntry* gate_up = entry("gate_up_swiglu", gemm_variant(act, "routed", rule_m, hinted, gate_up_tile));
+    const KernelEntry* down = entry("down", gemm_variant(act, "routed", rule_m, hinted, down_tile));
     const int64_t block_m = constexpr_of(gate_up, "BLOCK_M");
     EXPECT_EQ(block_m, rule_m) << gate_up->describe();
     EXPECT_EQ(constexpr_of(down, "BLOCK_M"), block_m) << down->describe();
@@ -565,9 +565,9 @@ class GpuForwardFakeTest : public ::testing::TestWithParam<Api> {
       // H or Is is not a multiple of 16.
       auto dense_entry = [&](const char* kernel, int64_t N) {
         const int64_t m = dense_block_m_rule(c.T, shared_hinted);
-        const KernelEntry* e = entry(kernel, gemm("dense", m, shared_hinted, 0));
+        const KernelEntry* e = entry(kernel, gemm_variant(act, "dense", m, shared_hinted, 0));
         if (m == 128 && 2 * cdiv(c.T, m) * cdiv(N, constexpr_of(e, "BLOCK_N")) < fake_multiprocessors()) {
-          e = entry(kernel, gemm("dense", 64, true, 0));
+          e = entry(kernel, gemm_variant(act, "dense", 64, true, 0));
         }
         return e;
       };
@@ -1135,8 +1135,9 @@ TEST_P(GpuForwardFakeTest, PaddedDownTileWithOneRowPerTokenStillCombines) {
   check_padded_down({"padded_k1", 300, 16, 1, 256, 128, 0}, {128, 0, 12});
 }
 
-// BLOCK_M 32 has a hinted tile for tuned tables (the heuristic never picks it),
-// beside the unhinted fallback of the same BLOCK_M.
+// BLOCK_M 32's hinted tiles serve a tuned table where the heuristic would not run
+// them (kMain has 4 rows per expert: m16), beside the unhinted fallback of the same
+// BLOCK_M.
 TEST_P(GpuForwardFakeTest, TunedBlockM32RunsItsHintedTile) {
   const TunedTiles tuned{32, 0, 0};
   const std::string table = use_tuning_table(kMain, tuned);
