@@ -323,12 +323,13 @@ class GpuForwardFakeTest : public ::testing::TestWithParam<Api> {
 
   // The heuristic's (gate_up, down) tiles of the routed GEMMs for BLOCK_M m, `rows`
   // slots per expert and intermediate size I (docs/kernels.md): the H100's winners on
-  // CUDA (the fake is sm_90: at m128 the four-stage TMA gate_up and the persistent
-  // down, from 256 rows with I <= 4096 the warp-specialized PADDED_Y down), t0 on HIP.
+  // CUDA (the fake is sm_90: at m128 the four-stage TMA gate_up; under 256 rows the
+  // four-stage TMA down, from 256 rows the warp-specialized PADDED_Y down with
+  // I <= 4096, else the persistent one), t0 on HIP.
   std::pair<int, int> heuristic_tiles(int64_t m, int64_t rows, int64_t I) const {
     if (!cuda()) return {0, 0};
     const int gate_up = m == 16 ? 3 : m == 32 ? 0 : m == 64 ? 2 : 11;
-    return {gate_up, m == 64 ? 1 : m == 128 ? (rows >= 256 && I <= 4096 ? 11 : 7) : 0};
+    return {gate_up, m == 64 ? 1 : m == 128 ? (rows < 256 ? 10 : I <= 4096 ? 11 : 7) : 0};
   }
 
   // A GEMM variant's name: "bf16_routed_m128_t11_div16", "bf16_dense_m32_any".
@@ -363,7 +364,7 @@ class GpuForwardFakeTest : public ::testing::TestWithParam<Api> {
     auto a16 = [](const void* p) { return address(p) % 16 == 0; };
     auto block_m_rule = [](int64_t rows, bool hinted) -> int64_t {
       if (!hinted) return 32;
-      return rows < 16 ? 16 : rows < 32 ? 32 : rows < 128 ? 64 : 128;
+      return rows < 16 ? 16 : rows < 32 ? 32 : rows < 64 ? 64 : 128;
     };
     auto dense_block_m_rule = [](int64_t T, bool hinted) -> int64_t {
       if (!hinted) return 32;
@@ -404,7 +405,7 @@ class GpuForwardFakeTest : public ::testing::TestWithParam<Api> {
 
     // An untuned device runs one token on the decode path when every hint holds.
     if (c.T == 1 && hinted && shared_hinted) {
-      // The widest BLOCK_N with rows * cdiv(N, BLOCK_N) >= 2 * SMs, else the narrowest;
+      // The widest BLOCK_N with rows * cdiv(N, BLOCK_N) >= SMs, else the narrowest;
       // the lowest t<i> among equals.
       const int64_t sms = cuda() ? 132 : 304;  // what the fake drivers report
       auto widest = [&](const std::string& kernel, const std::string& prefix, int64_t rows, int64_t N) {
@@ -421,7 +422,7 @@ class GpuForwardFakeTest : public ::testing::TestWithParam<Api> {
         const KernelEntry* narrowest = nullptr;
         for (const KernelEntry* e : tiles) {
           const int64_t n = constexpr_of(e, "BLOCK_N");
-          if (rows * cdiv(N, n) >= 2 * sms) {
+          if (rows * cdiv(N, n) >= sms) {
             if (filling == nullptr || n > constexpr_of(filling, "BLOCK_N")) filling = e;
           } else if (narrowest == nullptr || n < constexpr_of(narrowest, "BLOCK_N")) {
             narrowest = e;
@@ -880,7 +881,7 @@ TEST_P(GpuForwardFakeTest, OneTokenTakesTheDecodePathWithCombineFusedIntoDown) {
   Layer l = make_layer({"decode_shared", 1, 8, 2, 256, 128, 64});
   const std::vector<ExpectedLaunch> expected = expected_launches(l);
   // No align, no y, no combine. Worked by hand: gate_up has 2 * cdiv(128, BLOCK_N) programs and
-  // down cdiv(256, BLOCK_N), fewer than two per SM for every tile, so both take their narrowest.
+  // down cdiv(256, BLOCK_N), fewer than one per SM for every tile, so both take their narrowest.
   ASSERT_EQ(variant_names(expected),
             "route/f32_e64_k2 decode_gate_up_swiglu/bf16_routed_t1 decode_gate_up_swiglu/bf16_dense_t1 "
             "decode_down_combine/bf16_shared_t2");
@@ -950,8 +951,18 @@ TEST_P(GpuForwardFakeTest, VariantsFollowDtypesAlignmentAndShapes) {
       {{"e1000", 64, 1000, 2, 32, 16, 0},
        "route/f32_e1024_k2 align_count_scatter/c256_e1024 " + routed("bf16", 16) +
            " combine/bf16_div16"},
+      // One token: gate_up's 8 * cdiv(544, 32) = 136 programs give each of the fake
+      // CUDA device's 132 SMs one, so BLOCK_N 32 (t0) over 16 (t1); down's cdiv(4224,
+      // 32) = 132 likewise (t1 over t2). The fake HIP device's 304 stay on the narrowest.
+      {{"decode_fills_once", 1, 8, 8, 256, 544, 0},
+       std::string("route/f32_e64_k8 decode_gate_up_swiglu/bf16_routed_") + (cuda() ? "t0" : "t1") +
+           " decode_down_combine/bf16_routed_t2"},
+      {{"decode_down_fills_once", 1, 8, 2, 4224, 128, 0},
+       std::string("route/f32_e64_k2 decode_gate_up_swiglu/bf16_routed_t1 decode_down_combine/bf16_routed_") +
+           (cuda() ? "t1" : "t2")},
       // 15 and 16 rows per expert: BLOCK_M 16, then 32 (performance-log.md #69); 31 and
-      // 32: 32, then 64; 127 and 128: 64, then 128 (#68).
+      // 32: 32, then 64; 63 and 64: 64, then 128 (#71); 255 and 256: m128's down t10,
+      // then the warp-specialized t11.
       {{"rows15", 60, 8, 2, 64, 32, 0},
        "route/f32_e64_k2 align_count_scatter/c256_e64 " + routed("bf16", 16) + " combine/bf16_div16"},
       {{"rows16", 64, 8, 2, 64, 32, 0},
@@ -960,11 +971,17 @@ TEST_P(GpuForwardFakeTest, VariantsFollowDtypesAlignmentAndShapes) {
        "route/f32_e64_k2 align_count_scatter/c256_e64 " + routed("bf16", 32) + " combine/bf16_div16"},
       {{"rows32", 128, 8, 2, 64, 32, 0},
        "route/f32_e64_k2 align_count_scatter/c256_e64 " + routed("bf16", 64) + " combine/bf16_div16"},
-      {{"rows127", 508, 8, 2, 64, 32, 0},
-       "route/f32_e64_k2 align_count/c256_e64 align_scatter/c256_e64 " + routed("bf16", 64) + " combine/bf16_div16"},
-      {{"rows128", 512, 8, 2, 64, 32, 0},
-       "route/f32_e64_k2 align_count/c256_e64 align_scatter/c256_e64 " + routed("bf16", 128, 128, 32) + " " +
-           combine("bf16", 128, 128, 32)},
+      {{"rows63", 252, 8, 2, 64, 32, 0},
+       "route/f32_e64_k2 align_count_scatter/c256_e64 " + routed("bf16", 64) + " combine/bf16_div16"},
+      {{"rows64", 256, 8, 2, 64, 32, 0},
+       "route/f32_e64_k2 align_count_scatter/c256_e64 " + routed("bf16", 128, 64, 32) + " " +
+           combine("bf16", 128, 64, 32)},
+      {{"rows255", 1020, 8, 2, 64, 32, 0},
+       "route/f32_e64_k2 align_count/c256_e64 align_scatter/c256_e64 " + routed("bf16", 128, 255, 32) + " " +
+           combine("bf16", 128, 255, 32)},
+      {{"rows256", 1024, 8, 2, 64, 32, 0},
+       "route/f32_e64_k2 align_count/c256_e64 align_scatter/c256_e64 " + routed("bf16", 128, 256, 32) + " " +
+           combine("bf16", 128, 256, 32)},
       // 500 rows per expert: BLOCK_M 128; the dense rule's m128 from T = 2000 would run
       // 16 programs, under half the multiprocessors: m64.
       {{"prefill", 2000, 8, 2, 64, 32, 16},

@@ -45,15 +45,15 @@ constexpr int64_t kDecodeMaxTokens = 16;  // the decode path's candidates stop h
 
 // The heuristic's routed GEMM row block for `rows` rows per expert (untuned
 // shapes): small blocks waste no padding at decode, large ones reuse each weight
-// tile across more rows at prefill. From the H100 tunes (performance-log.md #68,
-// #69), each time against the heuristic's previous choice in the same final rounds:
-// at 16 rows m32 t0/t0 ran 2.3-9% ahead of m16 on all four presets; at 128 rows the
-// tuned m128 pairs ran 27-35% ahead of m64 on all four (m128 t11/t7, the pair the
-// heuristic runs there, 23-24% on the two where it was timed).
+// tile across more rows at prefill. From the tunes' timings of the heuristic's pairs
+// (performance-log.md #68-#71): at 16 rows m32 t0/t0 ran 2.2-27% ahead of
+// m16 t3/t0 on all four presets (H100 and H200); at 64 rows m128 t11/t10 ran 12-25%
+// ahead of m64 t2/t1 on all four (H200; the H100 tuned three of them to m128);
+// below 64 rows m64 stays (the H100 tuned all four presets to m64 at 32 rows).
 int routed_block_m(int64_t rows) {
   if (rows < 16) return 16;
   if (rows < 32) return 32;
-  if (rows < 128) return 64;
+  if (rows < 64) return 64;
   return 128;
 }
 
@@ -313,12 +313,14 @@ class GpuBackend final : public gpu::TunableBackend {
   // 0.2% of qwen3-30b-a3b T = 256's newer t2/t0, #69). m64 keeps t2/t1 (7 of 11 in
   // 2026-11-26's sweep; the newest has 5 m64 buckets split four ways). The m128
   // pair runs its descriptors as TMA only on cuda:90: cuda:80 keeps the sweep before
-  // the TMA tiles (t3/t0, 7 of 13). From 256 rows per expert and I <= 4096 cuda:90's
-  // down is t11, warp-specialized, which overlaps a tile's epilogue with the next
-  // tile's loads: in the layer against t7, qwen3-30b-a3b T = 4096/8192 -3.8/-5.7%,
-  // gpt-oss-120b and deepseek-v3 T = 8192 -1.8/-1.4%; at 128 rows gpt-oss +3.1%, and
-  // on mixtral-8x7b's I = 14336 (a 224-step K loop) +2.0/-2.0% at T = 4096/8192
-  // (#62). AMD, never measured, keeps t0.
+  // the TMA tiles (t3/t0, 7 of 13). cuda:90's m128 down: under 256 rows per expert
+  // t10, the four-stage TMA down with half-height tail blocks (the H200 sweep, #71: at
+  // 64 rows 0.5-12% ahead of t7 on all four presets, at 128 rows within 1%); from 256
+  // rows with I <= 4096 t11, warp-specialized, which overlaps a tile's epilogue with
+  // the next tile's loads (in the layer against t7, qwen3-30b-a3b T = 4096/8192
+  // -3.8/-5.7%, gpt-oss-120b and deepseek-v3 T = 8192 -1.8/-1.4%, #62); on
+  // mixtral-8x7b's I = 14336 (a 224-step K loop) t7 (t11 +2.0/-2.0% at T = 4096/8192,
+  // t10 behind t7 at 256-2048 rows, #59). AMD, never measured, keeps t0.
   gpu::KernelChoice heuristic(const MoeProblem& p, const Hints& hints) const {
     if (!hints.routed) return {gpu::GemmPath::sorted, kFallbackBlockM, 0, 0};
     if (hints.decode() && p.T == 1) {
@@ -332,14 +334,16 @@ class GpuBackend final : public gpu::TunableBackend {
     if (device_->api() != gpu::Api::cuda) return {gpu::GemmPath::sorted, block_m, 0, 0};
     const bool tma = target_ == "cuda:90";
     const int gate_up_tile = block_m == 16 ? 3 : block_m == 32 ? 0 : block_m == 64 ? 2 : tma ? 11 : 3;
-    const int hopper_down = rows >= 256 && p.I <= 4096 ? 11 : 7;
+    const int hopper_down = rows < 256 ? 10 : p.I <= 4096 ? 11 : 7;
     const int down_tile = block_m == 64 ? 1 : block_m == 128 && tma ? hopper_down : 0;
     return {gpu::GemmPath::sorted, block_m, gate_up_tile, down_tile};
   }
 
-  // The widest decode tile (BLOCK_N) that still gives every SM two programs (rows *
+  // The widest decode tile (BLOCK_N) that still gives every SM a program (rows *
   // N / BLOCK_N programs), else the narrowest; the lowest index among equals. A
-  // GEMV is bound by how many SMs stream weights.
+  // GEMV is bound by how many SMs stream weights, and one program with four to eight
+  // stages streams enough: asking two per SM took BLOCK_N 16 where 32 filled once,
+  // 9-10% slower at qwen3-30b-a3b T = 1 and 2% at deepseek-v3 (H200, #71).
   int widest_decode_tile(const std::string& kernel, const std::string& prefix, int64_t rows, int64_t N) const {
     int chosen = 0;
     int64_t chosen_n = 0;
@@ -347,7 +351,7 @@ class GpuBackend final : public gpu::TunableBackend {
     const std::vector<const KernelEntry*> entries = tiles(kernel, prefix, "");
     for (int i = 0; i < static_cast<int>(entries.size()); ++i) {
       const int64_t n = entries[i]->constexpr_or("BLOCK_N", 1);
-      const bool fills = rows * cdiv(N, n) >= 2 * device_->multiprocessor_count();
+      const bool fills = rows * cdiv(N, n) >= device_->multiprocessor_count();
       const bool better = chosen_n == 0 || (fills && (!chosen_fills || n > chosen_n)) ||
                           (!fills && !chosen_fills && n < chosen_n);
       if (better) {

@@ -188,7 +188,7 @@ def decode_tile(n, k, warps, stages, **constexprs):
 
 # The decode path's tiles: (BLOCK_N, BLOCK_K, num_warps, num_stages) on CUDA.
 # BLOCK_N >= 16 (a tensor-core tile). The heuristic takes the widest BLOCK_N that
-# still launches two programs per SM, else the narrowest (lowest index among equals).
+# still launches a program per SM, else the narrowest (lowest index among equals).
 # Beyond the first two per kernel: deeper pipelines with shorter K steps and two-warp
 # programs (more programs per SM), for `tmoe tune` to weigh on small experts; from t4
 # (gate_up) and t5 (down), the winners of bench/decode_time.py's sweep on an H100
