@@ -926,6 +926,10 @@ TEST_P(GpuForwardFakeTest, VariantsFollowDtypesAlignmentAndShapes) {
     Case c;
     std::string variants;
   };
+  // The m128 heuristic's routed GEMMs and the combine after them, bf16, nothing between.
+  auto routed_m128 = [&](int64_t rows, int64_t I) {
+    return routed("bf16", 128, rows, I) + " " + combine("bf16", 128, rows, I);
+  };
   const Variation variations[] = {
       // f16 activations, bf16 logits: route by the logits' dtype, the rest by the activations'.
       {{"f16_bf16_logits", 17, 8, 2, 256, 128, 64, TMOE_DTYPE_F16, TMOE_DTYPE_BF16},
@@ -974,14 +978,11 @@ TEST_P(GpuForwardFakeTest, VariantsFollowDtypesAlignmentAndShapes) {
       {{"rows63", 252, 8, 2, 64, 32, 0},
        "route/f32_e64_k2 align_count_scatter/c256_e64 " + routed("bf16", 64) + " combine/bf16_div16"},
       {{"rows64", 256, 8, 2, 64, 32, 0},
-       "route/f32_e64_k2 align_count_scatter/c256_e64 " + routed("bf16", 128, 64, 32) + " " +
-           combine("bf16", 128, 64, 32)},
+       "route/f32_e64_k2 align_count_scatter/c256_e64 " + routed_m128(64, 32)},
       {{"rows255", 1020, 8, 2, 64, 32, 0},
-       "route/f32_e64_k2 align_count/c256_e64 align_scatter/c256_e64 " + routed("bf16", 128, 255, 32) + " " +
-           combine("bf16", 128, 255, 32)},
+       "route/f32_e64_k2 align_count/c256_e64 align_scatter/c256_e64 " + routed_m128(255, 32)},
       {{"rows256", 1024, 8, 2, 64, 32, 0},
-       "route/f32_e64_k2 align_count/c256_e64 align_scatter/c256_e64 " + routed("bf16", 128, 256, 32) + " " +
-           combine("bf16", 128, 256, 32)},
+       "route/f32_e64_k2 align_count/c256_e64 align_scatter/c256_e64 " + routed_m128(256, 32)},
       // 500 rows per expert: BLOCK_M 128; the dense rule's m128 from T = 2000 would run
       // 16 programs, under half the multiprocessors: m64.
       {{"prefill", 2000, 8, 2, 64, 32, 16},
@@ -993,12 +994,10 @@ TEST_P(GpuForwardFakeTest, VariantsFollowDtypesAlignmentAndShapes) {
            " gate_up_swiglu/bf16_dense_m128_t0_div16 down/bf16_dense_m128_t0_div16 " + combine("bf16", 128, 500, 32)},
       // I past 4096: the persistent down stays, as on mixtral-8x7b's I = 14336 (#62).
       {{"prefill_long_I", 2000, 8, 2, 64, 4112, 0},
-       "route/f32_e64_k2 align_count/c256_e64 align_scatter/c256_e64 " + routed("bf16", 128, 500, 4112) + " " +
-           combine("bf16", 128, 500, 4112)},
+       "route/f32_e64_k2 align_count/c256_e64 align_scatter/c256_e64 " + routed_m128(500, 4112)},
       // S = 16400 > 16384: CHUNK 2048.
       {{"chunk2048", 8200, 8, 2, 32, 16, 0},
-       "route/f32_e64_k2 align_count/c2048_e64 align_scatter/c2048_e64 " + routed("bf16", 128, 2050, 16) + " " +
-           combine("bf16", 128, 2050, 16)},
+       "route/f32_e64_k2 align_count/c2048_e64 align_scatter/c2048_e64 " + routed_m128(2050, 16)},
   };
   for (const Variation& v : variations) {
     SCOPED_TRACE(v.c.name);
