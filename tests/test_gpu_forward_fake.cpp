@@ -322,7 +322,7 @@ class GpuForwardFakeTest : public ::testing::TestWithParam<Api> {
   }
 
   // The heuristic's (gate_up, down) tiles of the routed GEMMs for BLOCK_M m, `rows`
-  // slots per expert and intermediate size I (docs/kernels.md): the H100's winners on
+  // slots per expert and intermediate size I (docs/kernels.md): the tunes' winners on
   // CUDA (the fake is sm_90: at m128 the four-stage TMA gate_up; under 256 rows the
   // four-stage TMA down, from 256 rows the warp-specialized PADDED_Y down with
   // I <= 4096, else the persistent one), t0 on HIP.
@@ -407,7 +407,6 @@ class GpuForwardFakeTest : public ::testing::TestWithParam<Api> {
     if (c.T == 1 && hinted && shared_hinted) {
       // The widest BLOCK_N with rows * cdiv(N, BLOCK_N) >= SMs, else the narrowest;
       // the lowest t<i> among equals.
-      const int64_t sms = cuda() ? 132 : 304;  // what the fake drivers report
       auto widest = [&](const std::string& kernel, const std::string& prefix, int64_t rows, int64_t N) {
         std::vector<const KernelEntry*> tiles;
         for (int t = 0;; ++t) {
@@ -422,7 +421,7 @@ class GpuForwardFakeTest : public ::testing::TestWithParam<Api> {
         const KernelEntry* narrowest = nullptr;
         for (const KernelEntry* e : tiles) {
           const int64_t n = constexpr_of(e, "BLOCK_N");
-          if (rows * cdiv(N, n) >= sms) {
+          if (rows * cdiv(N, n) >= fake_multiprocessors()) {
             if (filling == nullptr || n > constexpr_of(filling, "BLOCK_N")) filling = e;
           } else if (narrowest == nullptr || n < constexpr_of(narrowest, "BLOCK_N")) {
             narrowest = e;
