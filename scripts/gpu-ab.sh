@@ -41,7 +41,7 @@ done
 python3 - "$out" <<'EOF' | tee "$out/ab.txt"
 import glob, json, statistics, sys
 runs = {}
-for path in glob.glob(sys.argv[1] + "/*.json"):
+for path in glob.glob(sys.argv[1] + "/[ab]-*.json"):
     run = json.load(open(path))
     build = path.rsplit("/", 1)[1].split("-", 1)[0]
     for row in run["rows"]:
