@@ -3,8 +3,8 @@
 # machine): `tmoe bench` of each model in $MODELS at $TOKENS with build A
 # (.gpu-build/a) and build B (.gpu-build), the order alternating over $ROUNDS rounds
 # (clocks drift within a call: a fixed order once read as a 2% change,
-# performance-log.md #28), on one seed and one tuned table (or, with HEURISTIC=1,
-# none). Prints, per model and T, A's and B's median over the rounds, B/A and both
+# performance-log.md #28), on one seed and one tuned table (with HEURISTIC=1 none,
+# with EMBEDDED=1 each build's own). Prints, per model and T, A's and B's median over the rounds, B/A and both
 # plans; logs in gpu-ab-out and, packed, in $OUT.
 # Here, before the call (carry .gpu-build): B is `bash scripts/gpu-pack.sh`; A an
 # earlier revision packed the same way, e.g.
@@ -22,8 +22,10 @@ if [ "${HEURISTIC:-0}" = 1 ]; then
   echo "{\"format\": 1, $card, \"shapes\": []}" > "$out/no-shapes.json"
   export TMOE_TUNING_TABLE=$out/no-shapes.json
 fi
+# EMBEDDED=1 for a change of tiles and table: the older build cannot read a table
+# naming tiles it lacks.
 table=configs/$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr ' ' '-' | tr 'A-Z' 'a-z').json
-[ -f "$table" ] && export TMOE_TUNING_TABLE=${TMOE_TUNING_TABLE:-$table}
+[ -f "$table" ] && [ "${EMBEDDED:-0}" != 1 ] && export TMOE_TUNING_TABLE=${TMOE_TUNING_TABLE:-$table}
 echo "table: ${TMOE_TUNING_TABLE:-none, each build uses its embedded table or the heuristic}" | tee "$out/table.txt"
 for round in $(seq 1 "${ROUNDS:-2}"); do
   order="a b"
