@@ -4,8 +4,8 @@
 # (.gpu-build/a) and build B (.gpu-build), the order alternating over $ROUNDS rounds
 # (clocks drift within a call: a fixed order once read as a 2% change,
 # performance-log.md #28), on one seed and one tuned table (with HEURISTIC=1 none,
-# with EMBEDDED=1 each build's own). Prints, per model and T, A's and B's median over the rounds, B/A and both
-# plans; logs in gpu-ab-out and, packed, in $OUT.
+# with EMBEDDED=1 each build's own). Prints, per model and T, A's and B's median
+# over the rounds, B/A and both plans; logs in gpu-ab-out and, packed, in $OUT.
 # Here, before the call (carry .gpu-build): B is `bash scripts/gpu-pack.sh`; A an
 # earlier revision packed the same way, e.g.
 #   git worktree add /tmp/a REV && (cd /tmp/a && bash scripts/gpu-pack.sh)
