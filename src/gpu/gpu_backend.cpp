@@ -310,8 +310,10 @@ class GpuBackend final : public gpu::TunableBackend {
   // 0.4-10.5% faster in 6 of 7 layer cells that the rule sends to m128 and 3.3%
   // slower at mixtral-8x7b T = 8192, #59). m32 takes t0/t0 (vLLM's deepseek-v3
   // gate_up config and its down: the tuned m32 pair until #67's tiles, and within
-  // 0.2% of qwen3-30b-a3b T = 256's newer t2/t0, #69). m64 keeps t2/t1 (7 of 11 in
-  // 2026-11-26's sweep; the newest has 5 m64 buckets split four ways). The m128
+  // 0.2% of qwen3-30b-a3b T = 256's newer t2/t0, #69). m64 takes t4/t1: t4 is t2 (7 of
+  // 11 m64 buckets in 2026-11-26's sweep) one stage deeper on cuda:90, and against
+  // t2/t1 ran 0.968-1.001 in the 13 buckets of four presets that timed both (#75);
+  // elsewhere t4 is t2 itself. The m128
   // pair runs its descriptors as TMA only on cuda:90: cuda:80 keeps the sweep before
   // the TMA tiles (t3/t0, 7 of 13). cuda:90's m128 down: under 256 rows per expert
   // t10, the four-stage TMA down with half-height tail blocks (the H200 sweep, #71: at
@@ -333,7 +335,7 @@ class GpuBackend final : public gpu::TunableBackend {
     const int block_m = routed_block_m(rows);
     if (device_->api() != gpu::Api::cuda) return {gpu::GemmPath::sorted, block_m, 0, 0};
     const bool tma = target_ == "cuda:90";
-    const int gate_up_tile = block_m == 16 ? 3 : block_m == 32 ? 0 : block_m == 64 ? 2 : tma ? 11 : 3;
+    const int gate_up_tile = block_m == 16 ? 3 : block_m == 32 ? 0 : block_m == 64 ? 4 : tma ? 11 : 3;
     const int hopper_down = rows < 256 ? 10 : p.I <= 4096 ? 11 : 7;
     const int down_tile = block_m == 64 ? 1 : block_m == 128 && tma ? hopper_down : 0;
     return {gpu::GemmPath::sorted, block_m, gate_up_tile, down_tile};
