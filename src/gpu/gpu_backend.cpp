@@ -49,7 +49,8 @@ constexpr int64_t kDecodeMaxTokens = 16;  // the decode path's candidates stop h
 // (performance-log.md #68-#71): at 16 rows m32 t0/t0 ran 2.2-27% ahead of
 // m16 t3/t0 on all four presets (H100 and H200); at 64 rows m128 t11/t10 ran 12-25%
 // ahead of m64 t2/t1 on all four (H200; the H100 tuned three of them to m128);
-// below 64 rows m64 stays (the H100 tuned all four presets to m64 at 32 rows).
+// below 64 rows m64 stays: at 32 rows both tables hold m64 for three presets, and
+// m128 for deepseek-v3 (m64 1.2% behind on the H100, 12% on the H200; #75, #77).
 int routed_block_m(int64_t rows) {
   if (rows < 16) return 16;
   if (rows < 32) return 32;
