@@ -8,19 +8,19 @@ vLLM runs its best large-T config of the peers run (BLOCK 128x256x64, GROUP_SIZE
 16, 8 warps, 3 stages, bf16 output; its w13 writes gate and up, SwiGLU is a further
 kernel not timed here), or the config env VLLM gives; ours runs each tile of
 tools/aot/variants.py for BLOCK_M (env, default 128) as bundled (h and y in bf16, as
-in the library), compiled here by Triton's JIT, and each tile in one more form: at
-BLOCK_M 128, where it is not a TMA or persistent tile, its TMA form (weights, and for
-down also h, through device-side tensor descriptors), and a TMA or persistent tile
-with HALF_TAIL (blocks whose slots fit in half the rows multiply only those,
-performance-log.md #31, #53); at smaller BLOCK_M, with GROUP_M 1 (programs walk N first,
-as vLLM's small-T configs). Persistent tiles run on PERSISTENT programs per SM, as
-the library launches them.
+in the library), compiled here by Triton's JIT, each tile also with GROUP_BY_EXPERT
+where it has none (kernels/grouped_gemm.py), and in one more form: at BLOCK_M 128,
+where it is not a TMA or persistent tile, its TMA form (weights, and for down also h,
+through device-side tensor descriptors), and a TMA or persistent tile with HALF_TAIL
+(blocks whose slots fit in half the rows multiply only those, performance-log.md #31,
+#53); at smaller BLOCK_M, with GROUP_M 1 (programs walk N first, as vLLM's small-T
+configs). Persistent tiles run on PERSISTENT programs per SM, as the library launches them.
 Both read the same routing: vLLM's alignment (in torch, bench/peers.py) is exactly
 ours (sorted_slots with sentinel S, one expert per block).
 
 Usage (GPU machine, repository root; .peers/ as in bench/README.md):
   PYTHONPATH=. python3 bench/gemm_vs_vllm.py   [env MODELS=mixtral-8x7b,... TOKENS=1024,8192 STAGES=gate_up,down
-                                              BLOCK_M=128 VLLM=M,N,K,GROUP_SIZE_M,num_warps,num_stages]
+                                              TILES=t7,t11 BLOCK_M=128 VLLM=M,N,K,GROUP_SIZE_M,num_warps,num_stages]
 """
 import math
 import os
@@ -40,6 +40,7 @@ DEV = "cuda"
 BLOCK_M = int(os.environ.get("BLOCK_M", "128"))
 VLLM_CONFIG = dict(zip(("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "GROUP_SIZE_M", "num_warps", "num_stages"),
                        map(int, os.environ.get("VLLM", "128,256,64,16,8,3").split(","))))
+TILES = peers.env_list("TILES", "")  # t0,t7,...: only these tiles (all when empty)
 REPS = 15  # graph replays per timing, the median reported
 VLLM_NAME = "{BLOCK_SIZE_M}x{BLOCK_SIZE_N}x{BLOCK_SIZE_K} g{GROUP_SIZE_M} w{num_warps} s{num_stages}".format(**VLLM_CONFIG)
 
@@ -52,7 +53,12 @@ def tile_forms(tiles, defaults):
         config = variants.target_config(variants.tile_configs(per_backend, dict(defaults, ROUTED=True, BLOCK_M=BLOCK_M)),
                                         TARGET)
         c = config.constexprs
+        if TILES and f"t{index}" not in TILES:
+            continue
         yield f"t{index}", config
+        if not c["GROUP_BY_EXPERT"]:
+            yield f"t{index} +byexpert", variants.Config(dict(c, GROUP_BY_EXPERT=True), config.num_warps,
+                                                         config.num_stages)
         if c.get("PADDED_Y"):  # no other form
             continue
         if BLOCK_M < 128:
@@ -97,12 +103,15 @@ def routed_cases(models, tokens):
 
 
 def aligned(ids, E, block_m):
-    """(sorted_slots, block_expert, vLLM's routing triple) of ids for BLOCK_M block_m: vLLM's
+    """(sorted_slots, block_expert, expert offsets, vLLM's routing triple) of ids for BLOCK_M block_m: vLLM's
     alignment is exactly ours; blocks past the padded total get expert -1, as ours."""
     sorted_slots, expert_ids, total = peers.vllm_align(ids, E, block_m)
     m_blocks = sorted_slots.numel() // block_m
     block_expert = torch.where(torch.arange(m_blocks, device=DEV) * block_m < total, expert_ids, -1).int()
-    return sorted_slots, block_expert, (sorted_slots, expert_ids, total)
+    # Each expert's padded first row, as align writes them (offsets[E]: the padded total).
+    rows = torch.bincount(block_expert[block_expert >= 0].long(), minlength=E) * block_m
+    offsets = torch.cat([torch.zeros(1, device=DEV, dtype=torch.long), rows.cumsum(0)]).int()
+    return sorted_slots, block_expert, offsets, (sorted_slots, expert_ids, total)
 
 
 def rel_err(ours, reference):
@@ -120,7 +129,7 @@ def main():
     for name, m, w13, w2, T, weights, ids, gen in routed_cases(models, tokens):
         E, H, I, k = m["E"], m["H"], m["I"], m["k"]
         S = T * k
-        sorted_slots, block_expert, routing = aligned(ids, E, BLOCK_M)
+        sorted_slots, block_expert, offsets, routing = aligned(ids, E, BLOCK_M)
         capacity = sorted_slots.numel()
         valid = sorted_slots < S
         m_blocks = capacity // BLOCK_M
@@ -137,7 +146,7 @@ def main():
                 h = torch.empty(capacity, I, device=DEV, dtype=torch.bfloat16)
                 programs = launch_grid(config, m_blocks, I)
                 ms = peers.replay_ms(lambda: gate_up_swiglu[programs](  # noqa: E731
-                    x, w13, h, sorted_slots, block_expert, S, k, H, I, E, m_blocks, **config.constexprs,
+                    x, w13, h, sorted_slots, block_expert, offsets, S, k, H, I, E, m_blocks, **config.constexprs,
                     num_warps=config.num_warps, num_stages=config.num_stages), REPS)
                 report("gate_up", f"{tile_name} x{programs[0]}", config, ms, flops, rel_err(h[valid], reference))
         if "down" in stages:
@@ -151,8 +160,6 @@ def main():
             # Ours reads h by padded position (gate_up writes it so); vLLM gathers rows of a by slot.
             h = torch.zeros(capacity, I, device=DEV, dtype=torch.bfloat16)
             h[valid] = a[sorted_slots[valid].long()]
-            # PADDED_Y tiles end their walk at the padded total, the alignment's offsets[E].
-            offsets = torch.cat([torch.zeros(E, device=DEV, dtype=torch.int32), routing[2]])
             slots_in_order = sorted_slots[valid].long()
             for tile_name, config in tile_forms(variants.DOWN_TILES, variants.DOWN_DEFAULTS):
                 # A PADDED_Y tile writes unweighted rows by padded position (the combine weighs them).

@@ -16,26 +16,28 @@ import triton
 import triton.language as tl
 
 from kernels.dependent_launch import wait_for_previous_kernel
-from kernels.grouped_gemm import fits_half, grouped_tile, tile_coords, tile_expert, tile_slots
+from kernels.grouped_gemm import fits_half, program_tile, tile_place, tile_slots
 from kernels.row_tiles import row_and_columns
 
 
 @triton.jit
 def down(h, w2, y, sorted_slots, block_expert, topk_weights, expert_offsets, num_slots, top_k, H, I, E, num_m_blocks,
          y_rows_per_token, y_first_row, ROUTED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-         BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, TMA: tl.constexpr, PERSISTENT: tl.constexpr,
-         HALF_TAIL: tl.constexpr, PADDED_Y: tl.constexpr, WARP_SPECIALIZE: tl.constexpr, PDL: tl.constexpr):
+         BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, GROUP_BY_EXPERT: tl.constexpr, TMA: tl.constexpr,
+         PERSISTENT: tl.constexpr, HALF_TAIL: tl.constexpr, PADDED_Y: tl.constexpr, WARP_SPECIALIZE: tl.constexpr,
+         PDL: tl.constexpr):
     wait_for_previous_kernel(PDL)
     if PADDED_Y:
         tl.static_assert(ROUTED and PERSISTENT > 0, "PADDED_Y is a routed persistent tile")
         padded_tiles(h, w2, y, block_expert, expert_offsets, H, I, E, num_m_blocks, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M,
-                     WARP_SPECIALIZE)
+                     GROUP_BY_EXPERT, WARP_SPECIALIZE)
     elif PERSISTENT:
-        persistent_tiles(h, w2, y, sorted_slots, block_expert, topk_weights, num_slots, top_k, H, I, E, num_m_blocks,
-                         y_rows_per_token, y_first_row, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, HALF_TAIL)
+        persistent_tiles(h, w2, y, sorted_slots, block_expert, topk_weights, expert_offsets, num_slots, top_k, H, I, E,
+                         num_m_blocks, y_rows_per_token, y_first_row, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M,
+                         GROUP_BY_EXPERT, HALF_TAIL)
     else:
-        pid_m, pid_n = tile_coords(H, BLOCK_N, GROUP_M)
-        expert = tile_expert(block_expert, pid_m, ROUTED)
+        pid_m, pid_n, expert = program_tile(H, block_expert, expert_offsets, ROUTED, BLOCK_M, BLOCK_N, GROUP_M,
+                                            GROUP_BY_EXPERT)
         if expert < 0:
             return
         if HALF_TAIL:
@@ -78,9 +80,10 @@ def down(h, w2, y, sorted_slots, block_expert, topk_weights, expert_offsets, num
 
 
 @triton.jit
-def persistent_tiles(h, w2, y, sorted_slots, block_expert, topk_weights, num_slots, top_k, H, I, E, num_m_blocks,
-                     y_rows_per_token, y_first_row, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                     BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, HALF_TAIL: tl.constexpr):
+def persistent_tiles(h, w2, y, sorted_slots, block_expert, topk_weights, expert_offsets, num_slots, top_k, H, I, E,
+                     num_m_blocks, y_rows_per_token, y_first_row, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, GROUP_BY_EXPERT: tl.constexpr,
+                     HALF_TAIL: tl.constexpr):
     """The routed down GEMM on a persistent grid (PERSISTENT programs per multiprocessor,
     the host caps the grid at that many): each program walks tiles pid, pid + programs,
     ... in the grouped order, both operands through tensor descriptors made once for
@@ -93,8 +96,8 @@ def persistent_tiles(h, w2, y, sorted_slots, block_expert, topk_weights, num_slo
     num_n_blocks = tl.cdiv(H, BLOCK_N)
     h_desc, h_half_desc, w_desc = routed_descriptors(h, w2, E, H, I, num_m_blocks, BLOCK_M, BLOCK_N, BLOCK_K, HALF_TAIL)
     for tile in tl.range(tl.program_id(0), num_m_blocks * num_n_blocks, tl.num_programs(0)):
-        pid_m, pid_n = grouped_tile(tile, num_m_blocks, num_n_blocks, GROUP_M)
-        expert = tl.load(block_expert + pid_m)
+        pid_m, pid_n, expert = tile_place(tile, num_m_blocks, num_n_blocks, block_expert, expert_offsets, True, BLOCK_M,
+                                          GROUP_M, GROUP_BY_EXPERT)
         if expert >= 0:
             half_or_full_tile(h_desc, h_half_desc, w_desc, y, sorted_slots, topk_weights, pid_m, expert, pid_n,
                               num_slots, top_k, H, I, y_rows_per_token, y_first_row, BLOCK_M, BLOCK_N, BLOCK_K,
@@ -103,7 +106,8 @@ def persistent_tiles(h, w2, y, sorted_slots, block_expert, topk_weights, num_slo
 
 @triton.jit
 def padded_tiles(h, w2, y, block_expert, expert_offsets, H, I, E, num_m_blocks, BLOCK_M: tl.constexpr,
-                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, WARP_SPECIALIZE: tl.constexpr):
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, GROUP_BY_EXPERT: tl.constexpr,
+                 WARP_SPECIALIZE: tl.constexpr):
     """The routed down GEMM on a persistent grid that writes y by padded position,
     unweighted, through a tensor descriptor (combine gathers and weighs the rows).
     With WARP_SPECIALIZE (cuda:90) Triton splits the tile loop into a TMA producer
@@ -121,9 +125,9 @@ def padded_tiles(h, w2, y, block_expert, expert_offsets, H, I, E, num_m_blocks, 
     m_blocks = tl.load(expert_offsets + E) // BLOCK_M  # the alignment's padded total
     for tile in tl.range(tl.program_id(0), m_blocks * num_n_blocks, tl.num_programs(0),
                          warp_specialize=WARP_SPECIALIZE):
-        pid_m, pid_n = grouped_tile(tile, m_blocks, num_n_blocks, GROUP_M)
-        acc = expert_rows_product(h_desc, w_desc, pid_m * BLOCK_M, tl.load(block_expert + pid_m), pid_n, I,
-                                  BLOCK_M, BLOCK_N, BLOCK_K)
+        pid_m, pid_n, expert = tile_place(tile, m_blocks, num_n_blocks, block_expert, expert_offsets, True, BLOCK_M,
+                                          GROUP_M, GROUP_BY_EXPERT)
+        acc = expert_rows_product(h_desc, w_desc, pid_m * BLOCK_M, expert, pid_n, I, BLOCK_M, BLOCK_N, BLOCK_K)
         y_desc.store([pid_m * BLOCK_M, pid_n * BLOCK_N], acc.to(y.dtype.element_ty))
 
 

@@ -11,29 +11,29 @@ import triton
 import triton.language as tl
 
 from kernels.dependent_launch import wait_for_previous_kernel
-from kernels.grouped_gemm import fits_half, grouped_tile, tile_coords, tile_expert, tile_slots
+from kernels.grouped_gemm import fits_half, program_tile, tile_place, tile_slots
 
 
 @triton.jit
-def gate_up_swiglu(x, w13, h, sorted_slots, block_expert, num_slots, top_k, H, I, E, num_m_blocks,
+def gate_up_swiglu(x, w13, h, sorted_slots, block_expert, expert_offsets, num_slots, top_k, H, I, E, num_m_blocks,
                    ROUTED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                   JOINED: tl.constexpr, GROUP_M: tl.constexpr, TMA: tl.constexpr, PERSISTENT: tl.constexpr,
-                   HALF_TAIL: tl.constexpr, PDL: tl.constexpr):
+                   JOINED: tl.constexpr, GROUP_M: tl.constexpr, GROUP_BY_EXPERT: tl.constexpr, TMA: tl.constexpr,
+                   PERSISTENT: tl.constexpr, HALF_TAIL: tl.constexpr, PDL: tl.constexpr):
     wait_for_previous_kernel(PDL)
     if PERSISTENT:
-        persistent_tiles(x, w13, h, sorted_slots, block_expert, num_slots, top_k, H, I, E, num_m_blocks, BLOCK_M,
-                         BLOCK_N, BLOCK_K, GROUP_M, HALF_TAIL)
+        persistent_tiles(x, w13, h, sorted_slots, block_expert, expert_offsets, num_slots, top_k, H, I, E,
+                         num_m_blocks, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, GROUP_BY_EXPERT, HALF_TAIL)
     else:
-        one_tile(x, w13, h, sorted_slots, block_expert, num_slots, top_k, H, I, E, ROUTED, BLOCK_M, BLOCK_N, BLOCK_K,
-                 JOINED, GROUP_M, TMA, HALF_TAIL)
+        one_tile(x, w13, h, sorted_slots, block_expert, expert_offsets, num_slots, top_k, H, I, E, ROUTED, BLOCK_M,
+                 BLOCK_N, BLOCK_K, JOINED, GROUP_M, GROUP_BY_EXPERT, TMA, HALF_TAIL)
 
 
 @triton.jit
-def one_tile(x, w13, h, sorted_slots, block_expert, num_slots, top_k, H, I, E, ROUTED: tl.constexpr,
+def one_tile(x, w13, h, sorted_slots, block_expert, expert_offsets, num_slots, top_k, H, I, E, ROUTED: tl.constexpr,
              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, JOINED: tl.constexpr,
-             GROUP_M: tl.constexpr, TMA: tl.constexpr, HALF_TAIL: tl.constexpr):
-    pid_m, pid_n = tile_coords(I, BLOCK_N, GROUP_M)
-    expert = tile_expert(block_expert, pid_m, ROUTED)
+             GROUP_M: tl.constexpr, GROUP_BY_EXPERT: tl.constexpr, TMA: tl.constexpr, HALF_TAIL: tl.constexpr):
+    pid_m, pid_n, expert = program_tile(I, block_expert, expert_offsets, ROUTED, BLOCK_M, BLOCK_N, GROUP_M,
+                                        GROUP_BY_EXPERT)
     if expert < 0:
         return
     if HALF_TAIL:
@@ -122,9 +122,9 @@ def store_swiglu(h, acc_gate, acc_up, rows, has_slot, cols, col_ok, I):
 
 
 @triton.jit
-def persistent_tiles(x, w13, h, sorted_slots, block_expert, num_slots, top_k, H, I, E, num_m_blocks,
+def persistent_tiles(x, w13, h, sorted_slots, block_expert, expert_offsets, num_slots, top_k, H, I, E, num_m_blocks,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-                     HALF_TAIL: tl.constexpr):
+                     GROUP_BY_EXPERT: tl.constexpr, HALF_TAIL: tl.constexpr):
     """The routed GEMM on a persistent grid (PERSISTENT programs per multiprocessor; the
     host caps the grid), as down's (down_combine.py): each program walks tiles in the
     grouped order, the joined gate and up tiles through one tensor descriptor over w13
@@ -133,8 +133,8 @@ def persistent_tiles(x, w13, h, sorted_slots, block_expert, num_slots, top_k, H,
     num_n_blocks = tl.cdiv(I, BLOCK_N)
     w_desc = joined_weights(w13, E, H, I, BLOCK_N, BLOCK_K)
     for tile in tl.range(tl.program_id(0), num_m_blocks * num_n_blocks, tl.num_programs(0)):
-        pid_m, pid_n = grouped_tile(tile, num_m_blocks, num_n_blocks, GROUP_M)
-        expert = tl.load(block_expert + pid_m)
+        pid_m, pid_n, expert = tile_place(tile, num_m_blocks, num_n_blocks, block_expert, expert_offsets, True, BLOCK_M,
+                                          GROUP_M, GROUP_BY_EXPERT)
         if expert >= 0:
             half_or_full_tile(x, w_desc, h, sorted_slots, pid_m, expert, pid_n, num_slots, top_k, H, I, BLOCK_M,
                               BLOCK_N, BLOCK_K, HALF_TAIL)

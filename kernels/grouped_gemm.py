@@ -12,7 +12,11 @@ faster at T >= 512 on qwen3-30b-a3b, gpt-oss-120b and deepseek-v3). With few M
 blocks all of them form one group (M fastest over the whole grid): grouping there
 split mixtral's weight stream and cost 17% at T = 256. GROUP_M is a tile
 constexpr: the best group differs by shape (16 helped mixtral T = 8192 by 4% and
-cost qwen3 2.5%), so `tmoe tune` picks it with the tile.
+cost qwen3 2.5%), so `tmoe tune` picks it with the tile. With GROUP_BY_EXPERT no
+group holds two experts' blocks (an expert's blocks form groups of GROUP_M from its
+first): a group that splits an expert reads the expert's weights once for each part,
+from DRAM where the other part runs a group later (on an H200 alone: 1-9% faster at
+T >= 2048 on deepseek-v3, gpt-oss-120b and mixtral-8x7b, performance-log.md #79).
 
 The weight tiles are loaded without a column mask: a program's columns past N read
 wrapped, valid rows (column % N) whose results are never stored. The masked load
@@ -28,16 +32,37 @@ MIN_BLOCKS_TO_GROUP = tl.constexpr(32)
 
 
 @triton.jit
-def tile_coords(N, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
-    """This program's (M block, N block): one tile per program."""
-    pid = tl.program_id(0)
+def tile_place(tile, num_m_blocks, num_n_blocks, block_expert, expert_offsets, ROUTED: tl.constexpr,
+               BLOCK_M: tl.constexpr, GROUP_M: tl.constexpr, GROUP_BY_EXPERT: tl.constexpr):
+    """(M block, N block, expert) of the tile-th tile in the grouped order; expert -1 for
+    blocks past the padded total (grids are sized for the worst case)."""
+    pid_m, pid_n = grouped_tile(tile, num_m_blocks, num_n_blocks, GROUP_M)
+    if GROUP_BY_EXPERT:
+        tl.static_assert(ROUTED, "GROUP_BY_EXPERT groups a routed GEMM's blocks")
+        by_expert_m, by_expert_n = expert_grouped_tile(tile, num_n_blocks, block_expert, expert_offsets, BLOCK_M,
+                                                       GROUP_M)
+        grouped = num_m_blocks >= MIN_BLOCKS_TO_GROUP
+        pid_m = tl.where(grouped, by_expert_m, pid_m)
+        pid_n = tl.where(grouped, by_expert_n, pid_n)
+    if ROUTED:
+        expert = tl.load(block_expert + pid_m)
+    else:
+        expert = tl.zeros([], tl.int32)
+    return pid_m, pid_n, expert
+
+
+@triton.jit
+def program_tile(N, block_expert, expert_offsets, ROUTED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                 GROUP_M: tl.constexpr, GROUP_BY_EXPERT: tl.constexpr):
+    """tile_place of this program's tile: one tile per program, the grid M blocks * N blocks."""
     num_n_blocks = tl.cdiv(N, BLOCK_N)
-    return grouped_tile(pid, tl.num_programs(0) // num_n_blocks, num_n_blocks, GROUP_M)
+    return tile_place(tl.program_id(0), tl.num_programs(0) // num_n_blocks, num_n_blocks, block_expert, expert_offsets,
+                      ROUTED, BLOCK_M, GROUP_M, GROUP_BY_EXPERT)
 
 
 @triton.jit
 def grouped_tile(tile, num_m_blocks, num_n_blocks, GROUP_M: tl.constexpr):
-    """(M block, N block) of the tile-th tile in the grouped order."""
+    """(M block, N block) of the tile-th tile in the grouped order, groups of GROUP_M blocks from block 0."""
     group_m = tl.where(num_m_blocks < MIN_BLOCKS_TO_GROUP, num_m_blocks, GROUP_M)
     tiles_per_group = group_m * num_n_blocks
     first_m = (tile // tiles_per_group) * group_m
@@ -47,12 +72,24 @@ def grouped_tile(tile, num_m_blocks, num_n_blocks, GROUP_M: tl.constexpr):
 
 
 @triton.jit
-def tile_expert(block_expert, pid_m, ROUTED: tl.constexpr):
-    """The block's expert; -1 for blocks past the padded total (the grid is sized for the worst case)."""
-    if ROUTED:
-        return tl.load(block_expert + pid_m)
-    else:
-        return tl.zeros([], tl.int32)
+def expert_grouped_tile(tile, num_n_blocks, block_expert, expert_offsets, BLOCK_M: tl.constexpr,
+                        GROUP_M: tl.constexpr):
+    """(M block, N block) of the tile-th tile when each expert's blocks form groups of GROUP_M
+    from its first. Expert e's tiles are first_m * num_n_blocks ... (first_m + its blocks) *
+    num_n_blocks - 1, so block tile // num_n_blocks is one of e's; a block past the padded
+    total (expert -1) stays itself."""
+    block = tile // num_n_blocks
+    expert = tl.load(block_expert + block)
+    first_row = tl.load(expert_offsets + tl.maximum(expert, 0))
+    first_m = first_row // BLOCK_M
+    expert_blocks = (tl.load(expert_offsets + tl.maximum(expert, 0) + 1) - first_row) // BLOCK_M
+    within_expert = tile - first_m * num_n_blocks
+    group = within_expert // (GROUP_M * num_n_blocks)
+    group_rows = tl.maximum(tl.minimum(expert_blocks - group * GROUP_M, GROUP_M), 1)
+    within = within_expert - group * GROUP_M * num_n_blocks
+    pid_m = tl.where(expert >= 0, first_m + group * GROUP_M + within % group_rows, block)
+    pid_n = tl.where(expert >= 0, within // group_rows, tile % num_n_blocks)
+    return pid_m, pid_n
 
 
 @triton.jit

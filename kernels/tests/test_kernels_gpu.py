@@ -282,8 +282,9 @@ def moe_forward(launcher, x, w13, w2, block_m, logits=None, routing=None, ids=No
     h = poisoned((capacity, I), x.dtype)
     v, _ = gemm_variant("routed", block_m, H, I, tile=tiles[0])
     launcher.launch("gate_up_swiglu", v, tile_programs(launcher, "gate_up_swiglu", v, capacity // block_m, I), x=x,
-                    w13=w13, h=h, sorted_slots=al["sorted_slots"], block_expert=al["block_expert"], num_slots=slots,
-                    top_k=k, H=H, I=I, E=E, num_m_blocks=capacity // block_m)
+                    w13=w13, h=h, sorted_slots=al["sorted_slots"], block_expert=al["block_expert"],
+                    expert_offsets=al["offsets"], num_slots=slots, top_k=k, H=H, I=I, E=E,
+                    num_m_blocks=capacity // block_m)
     launcher.launch("down", down_variant, tile_programs(launcher, "down", down_variant, capacity // block_m, H), h=h,
                     w2=w2, y=y, sorted_slots=al["sorted_slots"], block_expert=al["block_expert"], topk_weights=weights,
                     expert_offsets=al["offsets"], num_slots=slots, top_k=k, H=H, I=I, E=E,
@@ -295,8 +296,8 @@ def moe_forward(launcher, x, w13, w2, block_m, logits=None, routing=None, ids=No
         v, dense_block_m = gemm_variant("dense", block_m, H, Is)
         m_blocks = triton.cdiv(T, dense_block_m)
         launcher.launch("gate_up_swiglu", v, tile_programs(launcher, "gate_up_swiglu", v, m_blocks, Is), x=x,
-                        w13=shared_w13, h=h_shared, sorted_slots=None, block_expert=None, num_slots=T, top_k=1, H=H,
-                        I=Is, E=1, num_m_blocks=m_blocks)
+                        w13=shared_w13, h=h_shared, sorted_slots=None, block_expert=None, expert_offsets=None,
+                        num_slots=T, top_k=1, H=H, I=Is, E=1, num_m_blocks=m_blocks)
         launcher.launch("down", v, tile_programs(launcher, "down", v, m_blocks, H), h=h_shared, w2=shared_w2, y=y,
                         sorted_slots=None, block_expert=None, topk_weights=None, expert_offsets=None, num_slots=T,
                         top_k=1, H=H, I=Is, E=1, num_m_blocks=m_blocks,
@@ -587,27 +588,35 @@ def test_tiles(launcher):
     """Every routed gate_up and down tile of every BLOCK_M in a layer (the other GEMM on t0), on
     given ids that put three quarters of the slots on expert 0: experts end in blocks both
     fuller and emptier than half (HALF_TAIL's two paths), and persistent tiles walk several.
-    The PADDED_Y down tiles (their own y layout) also with a shared expert."""
+    The PADDED_Y down tiles (their own y layout) also with a shared expert; the tiles with
+    GROUP_BY_EXPERT also on 64 experts, whose padding makes the blocks that they group
+    (kernels/grouped_gemm.MIN_BLOCKS_TO_GROUP), expert 0's more than a group's GROUP_M."""
+    def has(kernel, block_m, tile, constexpr):
+        return bool(launcher.constexprs(kernel, f"f16_routed_m{block_m}_t{tile}_div16").get(constexpr))
+
     for block_m in matrix.GATE_UP_TILES:
         pairs = [(g, 0) for g in range(len(matrix.GATE_UP_TILES[block_m]))]
         pairs += [(0, d) for d in range(1, len(matrix.DOWN_TILES[block_m]))]
-        padded = [d for d in range(len(matrix.DOWN_TILES[block_m]))
-                  if launcher.constexprs("down", f"f16_routed_m{block_m}_t{d}_div16").get("PADDED_Y")]
-        for T in (3 * block_m // 4, 5 * block_m // 2):
-            for shared_I in (0, 48):
-                case = (T, 64, 96, 4, 2, "f16", block_m, None, shared_I)
-                problem = make_problem(case, seed=7 * block_m + T + shared_I)
-                ref = layer_reference(problem["x"], problem["w13"], problem["w2"], problem["ids"].long(),
-                                      problem["weights"], problem.get("shared"))
-                for tiles in pairs if not shared_I else [(0, d) for d in padded]:
-                    name = (f"{launcher.name} tiles m{block_m} gate_up t{tiles[0]} down t{tiles[1]} T={T}"
-                            f"{f' shared={shared_I}' if shared_I else ''}")
-                    try:
-                        out, _, _ = moe_forward(launcher, **problem, tiles=tiles)
-                    except Exception as error:  # reported, and the other tiles still run
-                        report(name, False, f"{type(error).__name__}: {error}")
-                        continue
-                    report_layer(name, out, ref, "f16")
+        padded = [(0, d) for d in range(len(matrix.DOWN_TILES[block_m])) if has("down", block_m, d, "PADDED_Y")]
+        by_expert = [(g, d) for g, d in pairs if has("gate_up_swiglu", block_m, g, "GROUP_BY_EXPERT")
+                     or has("down", block_m, d, "GROUP_BY_EXPERT")]
+        runs = [(T, 4, shared_I, padded if shared_I else pairs)
+                for T in (3 * block_m // 4, 5 * block_m // 2) for shared_I in (0, 48)]
+        runs += [(12 * block_m, 64, 0, by_expert)] if by_expert else []
+        for T, E, shared_I, tile_pairs in runs:
+            case = (T, 64, 96, E, 2, "f16", block_m, None, shared_I)
+            problem = make_problem(case, seed=7 * block_m + T + shared_I)
+            ref = layer_reference(problem["x"], problem["w13"], problem["w2"], problem["ids"].long(),
+                                  problem["weights"], problem.get("shared"))
+            for tiles in tile_pairs:
+                name = (f"{launcher.name} tiles m{block_m} gate_up t{tiles[0]} down t{tiles[1]} T={T} E={E}"
+                        f"{f' shared={shared_I}' if shared_I else ''}")
+                try:
+                    out, _, _ = moe_forward(launcher, **problem, tiles=tiles)
+                except Exception as error:  # reported, and the other tiles still run
+                    report(name, False, f"{type(error).__name__}: {error}")
+                    continue
+                report_layer(name, out, ref, "f16")
 
 
 def decode_forward(launcher, x, w13, w2, ids, weights, shared=None, tiles=(0, 0)):

@@ -43,6 +43,8 @@ JOINED = dict(JOINED=True)
 # 8 unless a tile says otherwise.
 GROUP8 = dict(GROUP_M=8)
 GROUP16 = dict(GROUP_M=16)
+# ... and no group holds two experts' blocks (kernels/grouped_gemm.expert_grouped_tile).
+GROUP_BY_EXPERT = dict(GROUP_BY_EXPERT=True)
 # The weights (and down's h) through device-side tensor descriptors: TMA on Hopper;
 # Triton rewrites them to pointer loads on other targets.
 TMA = dict(TMA=True)
@@ -177,10 +179,26 @@ DOWN_TILES[32] += (DOWN_TILES[16][3],)
 # half-tail m128 tiles at BLOCK_K 128, led no bucket by more than 0.2% (performance-log.md #74).
 GATE_UP_TILES[64] += (one_more_stage_on_hopper(GATE_UP_TILES[64][2]),)
 
+
+
+def grouped_by_expert(tile):
+    """The tile with GROUP_BY_EXPERT on every backend."""
+    return {backend: (*config[:4], dict(config[4] if len(config) > 4 else {}, **GROUP_BY_EXPERT))
+            for backend, config in tile.items()}
+
+
+# gate_up m128 t12-t14 are t7, t10, t11 and down m128 t13-t16 are t7, t10, t11, t12, the
+# tiles tune takes from T = 1024, with no group across two experts (on an H200 alone:
+# deepseek-v3 T = 8192 gate_up t7 -3.1%, down t11 -4.1%; mixtral-8x7b T = 2048 gate_up
+# t7 -7.0%; performance-log.md #79).
+GATE_UP_TILES[128] += tuple(grouped_by_expert(GATE_UP_TILES[128][index]) for index in (7, 10, 11))
+DOWN_TILES[128] += tuple(grouped_by_expert(DOWN_TILES[128][index]) for index in (7, 10, 11, 12))
+
 # The constexprs a grouped GEMM tile sets unless it says otherwise.
-GATE_UP_DEFAULTS = dict(LAYER_KERNEL, **GROUP8, JOINED=False, TMA=False, PERSISTENT=0, HALF_TAIL=False)
-DOWN_DEFAULTS = dict(LAYER_KERNEL, **GROUP8, TMA=False, PERSISTENT=0, HALF_TAIL=False, PADDED_Y=False,
-                     WARP_SPECIALIZE=False)
+GATE_UP_DEFAULTS = dict(LAYER_KERNEL, **GROUP8, GROUP_BY_EXPERT=False, JOINED=False, TMA=False, PERSISTENT=0,
+                        HALF_TAIL=False)
+DOWN_DEFAULTS = dict(LAYER_KERNEL, **GROUP8, GROUP_BY_EXPERT=False, TMA=False, PERSISTENT=0, HALF_TAIL=False,
+                     PADDED_Y=False, WARP_SPECIALIZE=False)
 FALLBACK_BLOCK_M = 32
 FALLBACK_TILE = {"cuda": (64, 64, 4, 3), "hip": (64, 64, 4, 2)}
 
@@ -301,8 +319,8 @@ def dense_tiles(tiles):
 def gate_up_variants():
     for dtype in ACTIVATION_DTYPES:
         a = pointer(dtype)
-        types = dict(x=a, w13=a, h=a, sorted_slots="*i32", block_expert="*i32", num_slots="i32", top_k="i32",
-                     H="i32", I="i32", E="i32", num_m_blocks="i32")
+        types = dict(x=a, w13=a, h=a, sorted_slots="*i32", block_expert="*i32", expert_offsets="*i32",
+                     num_slots="i32", top_k="i32", H="i32", I="i32", E="i32", num_m_blocks="i32")
         for mode, routed, tiles in (("routed", True, GATE_UP_TILES), ("dense", False, dense_tiles(GATE_UP_TILES))):
             yield from gemm_variants("gate_up_swiglu", "gate_up_swiglu", f"{dtype}_{mode}", dtype, types, routed, tiles,
                                      GATE_UP_DEFAULTS)
