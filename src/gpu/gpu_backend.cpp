@@ -323,7 +323,10 @@ class GpuBackend final : public gpu::TunableBackend {
   // the next tile's loads (in the layer against t7, qwen3-30b-a3b T = 4096/8192
   // -3.8/-5.7%, gpt-oss-120b and deepseek-v3 T = 8192 -1.8/-1.4%, #62); on
   // mixtral-8x7b's I = 14336 (a 224-step K loop) t7 (t11 +2.0/-2.0% at T = 4096/8192,
-  // t10 behind t7 at 256-2048 rows, #59). AMD, never measured, keeps t0.
+  // t10 behind t7 at 256-2048 rows, #59). cuda:90's m128 gate_up is t14, t11 with no
+  // group across two experts: in the 13 H200 sweeps from 64 rows (four presets, T =
+  // 2048-8192) 0.956-0.996 of t11 beside the same down (#79); the down tiles so grouped
+  // beside t14 ranged 0.954-1.026, so down keeps its rule. AMD, never measured, keeps t0.
   gpu::KernelChoice heuristic(const MoeProblem& p, const Hints& hints) const {
     if (!hints.routed) return {gpu::GemmPath::sorted, kFallbackBlockM, 0, 0};
     if (hints.decode() && p.T == 1) {
@@ -336,7 +339,7 @@ class GpuBackend final : public gpu::TunableBackend {
     const int block_m = routed_block_m(rows);
     if (device_->api() != gpu::Api::cuda) return {gpu::GemmPath::sorted, block_m, 0, 0};
     const bool tma = target_ == "cuda:90";
-    const int gate_up_tile = block_m == 16 ? 3 : block_m == 32 ? 0 : block_m == 64 ? 4 : tma ? 11 : 3;
+    const int gate_up_tile = block_m == 16 ? 3 : block_m == 32 ? 0 : block_m == 64 ? 4 : tma ? 14 : 3;
     const int hopper_down = rows < 256 ? 10 : p.I <= 4096 ? 11 : 7;
     const int down_tile = block_m == 64 ? 1 : block_m == 128 && tma ? hopper_down : 0;
     return {gpu::GemmPath::sorted, block_m, gate_up_tile, down_tile};
