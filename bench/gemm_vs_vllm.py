@@ -50,11 +50,11 @@ def tile_forms(tiles, defaults):
     where it has none, or for a TMA or persistent tile its HALF_TAIL form where it has none;
     at smaller BLOCK_M its GROUP_M 1 form."""
     for index, per_backend in enumerate(tiles[BLOCK_M]):
+        if TILES and f"t{index}" not in TILES:
+            continue
         config = variants.target_config(variants.tile_configs(per_backend, dict(defaults, ROUTED=True, BLOCK_M=BLOCK_M)),
                                         TARGET)
         c = config.constexprs
-        if TILES and f"t{index}" not in TILES:
-            continue
         yield f"t{index}", config
         if not c["GROUP_BY_EXPERT"]:
             yield f"t{index} +byexpert", variants.Config(dict(c, GROUP_BY_EXPERT=True), config.num_warps,

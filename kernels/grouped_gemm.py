@@ -80,9 +80,10 @@ def expert_grouped_tile(tile, num_n_blocks, block_expert, expert_offsets, BLOCK_
     total (expert -1) stays itself."""
     block = tile // num_n_blocks
     expert = tl.load(block_expert + block)
-    first_row = tl.load(expert_offsets + tl.maximum(expert, 0))
+    offsets = expert_offsets + tl.maximum(expert, 0)
+    first_row = tl.load(offsets)
     first_m = first_row // BLOCK_M
-    expert_blocks = (tl.load(expert_offsets + tl.maximum(expert, 0) + 1) - first_row) // BLOCK_M
+    expert_blocks = (tl.load(offsets + 1) - first_row) // BLOCK_M
     within_expert = tile - first_m * num_n_blocks
     group = within_expert // (GROUP_M * num_n_blocks)
     group_rows = tl.maximum(tl.minimum(expert_blocks - group * GROUP_M, GROUP_M), 1)

@@ -180,11 +180,10 @@ DOWN_TILES[32] += (DOWN_TILES[16][3],)
 GATE_UP_TILES[64] += (one_more_stage_on_hopper(GATE_UP_TILES[64][2]),)
 
 
-
 def grouped_by_expert(tile):
     """The tile with GROUP_BY_EXPERT on every backend."""
-    return {backend: (*config[:4], dict(config[4] if len(config) > 4 else {}, **GROUP_BY_EXPERT))
-            for backend, config in tile.items()}
+    return {backend: (n, k, warps, stages, dict(*extra, **GROUP_BY_EXPERT))
+            for backend, (n, k, warps, stages, *extra) in tile.items()}
 
 
 # gate_up m128 t12-t14 are t7, t10, t11 and down m128 t13-t16 are t7, t10, t11, t12, the
