@@ -47,8 +47,8 @@ VLLM_NAME = "{BLOCK_SIZE_M}x{BLOCK_SIZE_N}x{BLOCK_SIZE_K} g{GROUP_SIZE_M} w{num_
 
 def tile_forms(tiles, defaults):
     """(name, CUDA Config) of each BLOCK_M tile as bundled, then at BLOCK_M 128 its TMA form
-    where it has none, or for a TMA or persistent tile its HALF_TAIL form where it has none;
-    at smaller BLOCK_M its GROUP_M 1 form."""
+    where it has none, or for a TMA or persistent tile its HALF_TAIL form where it has none
+    (and is not FLATTEN); at smaller BLOCK_M its GROUP_M 1 form."""
     for index, per_backend in enumerate(tiles[BLOCK_M]):
         if TILES and f"t{index}" not in TILES:
             continue
@@ -64,7 +64,7 @@ def tile_forms(tiles, defaults):
         if BLOCK_M < 128:
             yield f"t{index} +g1", variants.Config(dict(c, GROUP_M=1), config.num_warps, config.num_stages)
         elif c["PERSISTENT"] or c["TMA"]:
-            if not c["HALF_TAIL"]:
+            if not c["HALF_TAIL"] and not c["FLATTEN"]:  # a FLATTEN tile has no half-height branch
                 yield f"t{index} +half", variants.Config(dict(c, HALF_TAIL=True), config.num_warps, config.num_stages)
         else:
             yield f"t{index} +tma", variants.Config(dict(c, TMA=True), config.num_warps, config.num_stages)

@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from kernels.dependent_launch import wait_for_previous_kernel
-from kernels.grouped_gemm import fits_half, program_tile, tile_place, tile_slots
+from kernels.grouped_gemm import fits_half, padded_blocks, program_tile, tile_place, tile_slots, walked_blocks
 from kernels.row_tiles import row_and_columns
 
 
@@ -25,7 +25,7 @@ def down(h, w2, y, sorted_slots, block_expert, topk_weights, expert_offsets, num
          y_rows_per_token, y_first_row, ROUTED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
          BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, GROUP_BY_EXPERT: tl.constexpr, TMA: tl.constexpr,
          PERSISTENT: tl.constexpr, HALF_TAIL: tl.constexpr, PADDED_Y: tl.constexpr, WARP_SPECIALIZE: tl.constexpr,
-         PDL: tl.constexpr):
+         FLATTEN: tl.constexpr, PDL: tl.constexpr):
     wait_for_previous_kernel(PDL)
     if PADDED_Y:
         tl.static_assert(ROUTED and PERSISTENT > 0, "PADDED_Y is a routed persistent tile")
@@ -34,7 +34,7 @@ def down(h, w2, y, sorted_slots, block_expert, topk_weights, expert_offsets, num
     elif PERSISTENT:
         persistent_tiles(h, w2, y, sorted_slots, block_expert, topk_weights, expert_offsets, num_slots, top_k, H, I, E,
                          num_m_blocks, y_rows_per_token, y_first_row, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M,
-                         GROUP_BY_EXPERT, HALF_TAIL)
+                         GROUP_BY_EXPERT, HALF_TAIL, FLATTEN)
     else:
         pid_m, pid_n, expert = program_tile(H, block_expert, expert_offsets, ROUTED, BLOCK_M, BLOCK_N, GROUP_M,
                                             GROUP_BY_EXPERT)
@@ -83,7 +83,7 @@ def down(h, w2, y, sorted_slots, block_expert, topk_weights, expert_offsets, num
 def persistent_tiles(h, w2, y, sorted_slots, block_expert, topk_weights, expert_offsets, num_slots, top_k, H, I, E,
                      num_m_blocks, y_rows_per_token, y_first_row, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, GROUP_BY_EXPERT: tl.constexpr,
-                     HALF_TAIL: tl.constexpr):
+                     HALF_TAIL: tl.constexpr, FLATTEN: tl.constexpr):
     """The routed down GEMM on a persistent grid (PERSISTENT programs per multiprocessor,
     the host caps the grid at that many): each program walks tiles pid, pid + programs,
     ... in the grouped order, both operands through tensor descriptors made once for
@@ -92,13 +92,19 @@ def persistent_tiles(h, w2, y, sorted_slots, block_expert, topk_weights, expert_
     H100: 10% faster than one tile per program, performance-log.md #20).
     With HALF_TAIL (m128 t8, performance-log.md #31) a
     block whose slots fit in its first BLOCK_M / 2 rows (an expert's last block:
-    the slots of a block are a prefix) multiplies only those rows."""
+    the slots of a block are a prefix) multiplies only those rows. With FLATTEN
+    (grouped_gemm.walked_blocks) Triton fuses the tile and K loops into one pipelined
+    loop."""
     num_n_blocks = tl.cdiv(H, BLOCK_N)
     h_desc, h_half_desc, w_desc = routed_descriptors(h, w2, E, H, I, num_m_blocks, BLOCK_M, BLOCK_N, BLOCK_K, HALF_TAIL)
-    for tile in tl.range(tl.program_id(0), num_m_blocks * num_n_blocks, tl.num_programs(0)):
-        pid_m, pid_n, expert = tile_place(tile, num_m_blocks, num_n_blocks, block_expert, expert_offsets, True, BLOCK_M,
+    m_blocks = walked_blocks(num_m_blocks, expert_offsets, E, BLOCK_M, HALF_TAIL, FLATTEN)
+    for tile in tl.range(tl.program_id(0), m_blocks * num_n_blocks, tl.num_programs(0), flatten=FLATTEN):
+        pid_m, pid_n, expert = tile_place(tile, m_blocks, num_n_blocks, block_expert, expert_offsets, True, BLOCK_M,
                                           GROUP_M, GROUP_BY_EXPERT)
-        if expert >= 0:
+        if FLATTEN:  # every walked block is an expert's: no branch to keep the loops apart
+            rows_tile(h_desc, w_desc, y, sorted_slots, topk_weights, pid_m * BLOCK_M, expert, pid_n, num_slots, top_k,
+                      H, I, y_rows_per_token, y_first_row, BLOCK_M, BLOCK_N, BLOCK_K)
+        elif expert >= 0:
             half_or_full_tile(h_desc, h_half_desc, w_desc, y, sorted_slots, topk_weights, pid_m, expert, pid_n,
                               num_slots, top_k, H, I, y_rows_per_token, y_first_row, BLOCK_M, BLOCK_N, BLOCK_K,
                               HALF_TAIL)
@@ -122,7 +128,7 @@ def padded_tiles(h, w2, y, block_expert, expert_offsets, H, I, E, num_m_blocks, 
     h_desc, _, w_desc = routed_descriptors(h, w2, E, H, I, num_m_blocks, BLOCK_M, BLOCK_N, BLOCK_K, False)
     y_desc = tl.make_tensor_descriptor(y, shape=[num_m_blocks * BLOCK_M, H], strides=[H, 1],
                                        block_shape=[BLOCK_M, BLOCK_N])
-    m_blocks = tl.load(expert_offsets + E) // BLOCK_M  # the alignment's padded total
+    m_blocks = padded_blocks(expert_offsets, E, BLOCK_M)
     for tile in tl.range(tl.program_id(0), m_blocks * num_n_blocks, tl.num_programs(0),
                          warp_specialize=WARP_SPECIALIZE):
         pid_m, pid_n, expert = tile_place(tile, m_blocks, num_n_blocks, block_expert, expert_offsets, True, BLOCK_M,

@@ -11,18 +11,18 @@ import triton
 import triton.language as tl
 
 from kernels.dependent_launch import wait_for_previous_kernel
-from kernels.grouped_gemm import fits_half, program_tile, tile_place, tile_slots
+from kernels.grouped_gemm import fits_half, program_tile, tile_place, tile_slots, walked_blocks
 
 
 @triton.jit
 def gate_up_swiglu(x, w13, h, sorted_slots, block_expert, expert_offsets, num_slots, top_k, H, I, E, num_m_blocks,
                    ROUTED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                    JOINED: tl.constexpr, GROUP_M: tl.constexpr, GROUP_BY_EXPERT: tl.constexpr, TMA: tl.constexpr,
-                   PERSISTENT: tl.constexpr, HALF_TAIL: tl.constexpr, PDL: tl.constexpr):
+                   PERSISTENT: tl.constexpr, HALF_TAIL: tl.constexpr, FLATTEN: tl.constexpr, PDL: tl.constexpr):
     wait_for_previous_kernel(PDL)
     if PERSISTENT:
         persistent_tiles(x, w13, h, sorted_slots, block_expert, expert_offsets, num_slots, top_k, H, I, E,
-                         num_m_blocks, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, GROUP_BY_EXPERT, HALF_TAIL)
+                         num_m_blocks, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, GROUP_BY_EXPERT, HALF_TAIL, FLATTEN)
     else:
         one_tile(x, w13, h, sorted_slots, block_expert, expert_offsets, num_slots, top_k, H, I, E, ROUTED, BLOCK_M,
                  BLOCK_N, BLOCK_K, JOINED, GROUP_M, GROUP_BY_EXPERT, TMA, HALF_TAIL)
@@ -124,18 +124,22 @@ def store_swiglu(h, acc_gate, acc_up, rows, has_slot, cols, col_ok, I):
 @triton.jit
 def persistent_tiles(x, w13, h, sorted_slots, block_expert, expert_offsets, num_slots, top_k, H, I, E, num_m_blocks,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-                     GROUP_BY_EXPERT: tl.constexpr, HALF_TAIL: tl.constexpr):
+                     GROUP_BY_EXPERT: tl.constexpr, HALF_TAIL: tl.constexpr, FLATTEN: tl.constexpr):
     """The routed GEMM on a persistent grid (PERSISTENT programs per multiprocessor; the
     host caps the grid), as down's (down_combine.py): each program walks tiles in the
     grouped order, the joined gate and up tiles through one tensor descriptor over w13
     seen as [E, 2, I, H]; x's rows are gathered by token, so they stay pointer loads.
-    HALF_TAIL as in down_combine.py (m128 t9)."""
+    HALF_TAIL and FLATTEN as in down_combine.py (m128 t9, t15)."""
     num_n_blocks = tl.cdiv(I, BLOCK_N)
     w_desc = joined_weights(w13, E, H, I, BLOCK_N, BLOCK_K)
-    for tile in tl.range(tl.program_id(0), num_m_blocks * num_n_blocks, tl.num_programs(0)):
-        pid_m, pid_n, expert = tile_place(tile, num_m_blocks, num_n_blocks, block_expert, expert_offsets, True, BLOCK_M,
+    m_blocks = walked_blocks(num_m_blocks, expert_offsets, E, BLOCK_M, HALF_TAIL, FLATTEN)
+    for tile in tl.range(tl.program_id(0), m_blocks * num_n_blocks, tl.num_programs(0), flatten=FLATTEN):
+        pid_m, pid_n, expert = tile_place(tile, m_blocks, num_n_blocks, block_expert, expert_offsets, True, BLOCK_M,
                                           GROUP_M, GROUP_BY_EXPERT)
-        if expert >= 0:
+        if FLATTEN:  # every walked block is an expert's: no branch to keep the loops apart
+            joined_rows_tile(x, w_desc, h, sorted_slots, pid_m * BLOCK_M, expert, pid_n, num_slots, top_k, H, I,
+                             BLOCK_M, BLOCK_N, BLOCK_K)
+        elif expert >= 0:
             half_or_full_tile(x, w_desc, h, sorted_slots, pid_m, expert, pid_n, num_slots, top_k, H, I, BLOCK_M,
                               BLOCK_N, BLOCK_K, HALF_TAIL)
 

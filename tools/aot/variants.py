@@ -61,6 +61,9 @@ HALF_TAIL = dict(HALF_TAIL=True)
 # gathers and weighs the rows (kernels/down_combine.padded_tiles); the host sizes y
 # and picks combine's padded variant by this constexpr.
 PADDED_Y = dict(PADDED_Y=True)
+# A persistent tile walks only the alignment's padded total, so Triton fuses its tile
+# and K loops into one pipelined loop (kernels/grouped_gemm.walked_blocks).
+FLATTEN = dict(FLATTEN=True)
 # Triton's warp specialization of the persistent tile loop (a TMA producer warp group
 # and MMA consumers: num_warps 4 a group, 12 in all), on cuda:90 only.
 WARP_SPECIALIZE = dict(WARP_SPECIALIZE=True)
@@ -193,11 +196,27 @@ def grouped_by_expert(tile):
 GATE_UP_TILES[128] += tuple(grouped_by_expert(GATE_UP_TILES[128][index]) for index in (7, 10, 11))
 DOWN_TILES[128] += tuple(grouped_by_expert(DOWN_TILES[128][index]) for index in (7, 10, 11, 12))
 
+# gate_up m128 t15 (t7 flattened, four stages on cuda:90), down m128 t17 (128x128
+# persistent, flattened), t18 (t7 flattened, four stages on cuda:90) and down m64 t3 (128x128,
+# flattened): the memory-bound buckets' next tile loads during a tile's epilogue (on an
+# H200 alone, qwen3-30b-a3b T = 1024 gate_up -5.3%, down -4.6%; T = 512 down -3.7%;
+# performance-log.md #82).
+FLAT_PERSISTENT = dict(persistent(1), **FLATTEN)
+GATE_UP_TILES[128] += ({"cuda:90": (128, 64, 8, 4, JOINED | FLAT_PERSISTENT),
+                        "cuda": (128, 64, 8, 3, JOINED | FLAT_PERSISTENT),
+                        "hip": (64, 32, 8, 2, JOINED | FLAT_PERSISTENT)},)  # t7's HIP shape: 80 KiB flattened
+DOWN_TILES[128] += ({"cuda:90": (128, 128, 8, 3, FLAT_PERSISTENT), "cuda": (128, 128, 8, 2, FLAT_PERSISTENT),
+                     "hip": (128, 64, 4, 2, FLAT_PERSISTENT)},
+                    {"cuda:90": (256, 64, 8, 4, FLAT_PERSISTENT), "cuda": (256, 64, 8, 3, FLAT_PERSISTENT),
+                     "hip": (256, 32, 8, 2, FLAT_PERSISTENT)})
+DOWN_TILES[64] += ({"cuda:90": (128, 128, 4, 4, FLAT_PERSISTENT), "cuda": (128, 128, 4, 3, FLAT_PERSISTENT),
+                    "hip": (128, 64, 8, 2, FLAT_PERSISTENT)},)
+
 # The constexprs a grouped GEMM tile sets unless it says otherwise.
 GATE_UP_DEFAULTS = dict(LAYER_KERNEL, **GROUP8, GROUP_BY_EXPERT=False, JOINED=False, TMA=False, PERSISTENT=0,
-                        HALF_TAIL=False)
+                        HALF_TAIL=False, FLATTEN=False)
 DOWN_DEFAULTS = dict(LAYER_KERNEL, **GROUP8, GROUP_BY_EXPERT=False, TMA=False, PERSISTENT=0, HALF_TAIL=False,
-                     PADDED_Y=False, WARP_SPECIALIZE=False)
+                     PADDED_Y=False, WARP_SPECIALIZE=False, FLATTEN=False)
 FALLBACK_BLOCK_M = 32
 FALLBACK_TILE = {"cuda": (64, 64, 4, 3), "hip": (64, 64, 4, 2)}
 
