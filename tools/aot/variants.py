@@ -300,8 +300,14 @@ def align_variants():
 
 def tile_configs(per_backend, constexprs):
     """backend (or target) -> Config for one tile: (BLOCK_N, BLOCK_K, num_warps, num_stages[, more constexprs])."""
-    return {backend: Config(dict(constexprs, BLOCK_N=n, BLOCK_K=k, **(extra[0] if extra else {})), warps, stages)
-            for backend, (n, k, warps, stages, *extra) in per_backend.items()}
+    configs = {backend: Config(dict(constexprs, BLOCK_N=n, BLOCK_K=k, **(extra[0] if extra else {})), warps, stages)
+               for backend, (n, k, warps, stages, *extra) in per_backend.items()}
+    for config in configs.values():
+        c = config.constexprs
+        # Only persistent_tiles reads FLATTEN (kernels/grouped_gemm.walked_blocks): elsewhere it would be ignored.
+        if c.get("FLATTEN") and (not c.get("PERSISTENT") or c.get("PADDED_Y")):
+            raise ValueError(f"FLATTEN needs a persistent tile without PADDED_Y: {c}")
+    return configs
 
 
 def target_config(configs, target):
