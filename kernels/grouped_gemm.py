@@ -106,7 +106,7 @@ def walked_blocks(num_m_blocks, expert_offsets, E, BLOCK_M: tl.constexpr, HALF_T
     padded total. Then every walked block is an expert's and the tile loop holds no
     branch around padding blocks, which would keep Triton from fusing it with the K
     loop into one pipelined loop (the next tile's loads in flight during this tile's
-    last K steps and epilogue; on an H200 alone 4-5% faster at qwen3-30b-a3b T = 512-1024,
+    last K steps and epilogue; on an H200 alone, qwen3-30b-a3b's down 4% faster at T = 512-1024,
     performance-log.md #82)."""
     if FLATTEN:
         tl.static_assert(not HALF_TAIL, "a FLATTEN tile has no half-height branch")

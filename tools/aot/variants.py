@@ -199,8 +199,8 @@ DOWN_TILES[128] += tuple(grouped_by_expert(DOWN_TILES[128][index]) for index in 
 # gate_up m128 t15 (t7 flattened, four stages on cuda:90), down m128 t17 (128x128
 # persistent, flattened), t18 (t7 flattened, four stages on cuda:90) and down m64 t3 (128x128,
 # flattened): the memory-bound buckets' next tile loads during a tile's epilogue (on an
-# H200 alone, qwen3-30b-a3b T = 1024 gate_up -5.3%, down -4.6%; T = 512 down -3.7%;
-# performance-log.md #82).
+# H200 alone, qwen3-30b-a3b T = 1024 down -3.9 to -4.6%, T = 512 down -3.7%; gate_up t15
+# -5.3% in the probe, level with t11 in the library; performance-log.md #82).
 FLAT_PERSISTENT = dict(persistent(1), **FLATTEN)
 GATE_UP_TILES[128] += ({"cuda:90": (128, 64, 8, 4, JOINED | FLAT_PERSISTENT),
                         "cuda": (128, 64, 8, 3, JOINED | FLAT_PERSISTENT),
