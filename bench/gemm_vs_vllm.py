@@ -13,7 +13,8 @@ where it has none (kernels/grouped_gemm.py), and in one more form: at BLOCK_M 12
 where it is not a TMA or persistent tile, its TMA form (weights, and for down also h,
 through device-side tensor descriptors), and a TMA or persistent tile with HALF_TAIL
 (blocks whose slots fit in half the rows multiply only those, performance-log.md #31,
-#53); at smaller BLOCK_M, with GROUP_M 1 (programs walk N first, as vLLM's small-T
+#53) and with FOLD_TAIL (such a block's rows taken by the block before it, its
+expert's, from the same weight tiles, #84); at smaller BLOCK_M, with GROUP_M 1 (programs walk N first, as vLLM's small-T
 configs). Persistent tiles run on PERSISTENT programs per SM, as the library launches them.
 Both read the same routing: vLLM's alignment (in torch, bench/peers.py) is exactly
 ours (sorted_slots with sentinel S, one expert per block).
@@ -47,8 +48,8 @@ VLLM_NAME = "{BLOCK_SIZE_M}x{BLOCK_SIZE_N}x{BLOCK_SIZE_K} g{GROUP_SIZE_M} w{num_
 
 def tile_forms(tiles, defaults):
     """(name, CUDA Config) of each BLOCK_M tile as bundled, then at BLOCK_M 128 its TMA form
-    where it has none, or for a TMA or persistent tile its HALF_TAIL form where it has none
-    (and is not FLATTEN); at smaller BLOCK_M its GROUP_M 1 form."""
+    where it has none, or for a TMA or persistent tile (not FLATTEN) its HALF_TAIL form where
+    it has none and its FOLD_TAIL form; at smaller BLOCK_M its GROUP_M 1 form."""
     for index, per_backend in enumerate(tiles[BLOCK_M]):
         if TILES and f"t{index}" not in TILES:
             continue
@@ -63,9 +64,12 @@ def tile_forms(tiles, defaults):
             continue
         if BLOCK_M < 128:
             yield f"t{index} +g1", variants.Config(dict(c, GROUP_M=1), config.num_warps, config.num_stages)
-        elif c["PERSISTENT"] or c["TMA"]:
-            if not c["HALF_TAIL"] and not c["FLATTEN"]:  # a FLATTEN tile has no half-height branch
+        elif (c["PERSISTENT"] or c["TMA"]) and not c["FLATTEN"]:  # a FLATTEN tile has no half-height branch
+            if not c["HALF_TAIL"]:
                 yield f"t{index} +half", variants.Config(dict(c, HALF_TAIL=True), config.num_warps, config.num_stages)
+            if not c["FOLD_TAIL"]:
+                yield f"t{index} +fold", variants.Config(dict(c, HALF_TAIL=True, FOLD_TAIL=True), config.num_warps,
+                                                         config.num_stages)
         else:
             yield f"t{index} +tma", variants.Config(dict(c, TMA=True), config.num_warps, config.num_stages)
 
@@ -76,10 +80,11 @@ def launch_grid(config, m_blocks, N):
     return (min(tiles, config.constexprs["PERSISTENT"] * SMS) if config.constexprs["PERSISTENT"] else tiles,)
 
 
-def report(stage, name, config, ms, flops, err):
+def report(stage, name, config, compiled, ms, flops, err):
     c = config.constexprs
     print(f"  tmoe {stage} {name} {BLOCK_M}x{c['BLOCK_N']}x{c['BLOCK_K']} w{config.num_warps} s{config.num_stages} "
-          f"g{c['GROUP_M']}: {ms:.3f} ms {flops / ms / 1e9:.0f} TFLOP/s, rel err vs vLLM {err:.1e}", flush=True)
+          f"g{c['GROUP_M']} ({compiled.n_regs} registers, {compiled.n_spills} spilled): {ms:.3f} ms "
+          f"{flops / ms / 1e9:.0f} TFLOP/s, rel err vs vLLM {err:.1e}", flush=True)
 
 
 SMS = triton.runtime.driver.active.utils.get_device_properties(torch.cuda.current_device())["multiprocessor_count"]
@@ -145,10 +150,13 @@ def main():
             for tile_name, config in tile_forms(variants.GATE_UP_TILES, variants.GATE_UP_DEFAULTS):
                 h = torch.empty(capacity, I, device=DEV, dtype=torch.bfloat16)
                 programs = launch_grid(config, m_blocks, I)
-                ms = peers.replay_ms(lambda: gate_up_swiglu[programs](  # noqa: E731
+                launch = lambda: gate_up_swiglu[programs](  # noqa: E731
                     x, w13, h, sorted_slots, block_expert, offsets, S, k, H, I, E, m_blocks, **config.constexprs,
-                    num_warps=config.num_warps, num_stages=config.num_stages), REPS)
-                report("gate_up", f"{tile_name} x{programs[0]}", config, ms, flops, rel_err(h[valid], reference))
+                    num_warps=config.num_warps, num_stages=config.num_stages)
+                compiled = launch()
+                ms = peers.replay_ms(launch, REPS)
+                report("gate_up", f"{tile_name} x{programs[0]}", config, compiled, ms, flops,
+                       rel_err(h[valid], reference))
         if "down" in stages:
             a = torch.randn(S, I, device=DEV, dtype=torch.bfloat16, generator=gen)
             flops = 2 * S * H * I
@@ -166,13 +174,15 @@ def main():
                 padded = config.constexprs["PADDED_Y"]
                 y = torch.empty(capacity if padded else S, H, device=DEV, dtype=torch.bfloat16)
                 programs = launch_grid(config, m_blocks, H)
-                ms = peers.replay_ms(lambda: down[programs](  # noqa: E731
+                launch = lambda: down[programs](  # noqa: E731
                     h, w2, y, sorted_slots, block_expert, weights.view(-1), offsets, S, k, H, I, E, m_blocks, k,
-                    0, **config.constexprs, num_warps=config.num_warps, num_stages=config.num_stages), REPS)
+                    0, **config.constexprs, num_warps=config.num_warps, num_stages=config.num_stages)
+                compiled = launch()
+                ms = peers.replay_ms(launch, REPS)
                 if padded:
                     y = torch.zeros(S, H, device=DEV, dtype=torch.float32).index_put_(
                         (slots_in_order, ), y[valid].float() * weights.view(-1)[slots_in_order, None])
-                report("down", f"{tile_name} x{programs[0]}", config, ms, flops, rel_err(y, reference))
+                report("down", f"{tile_name} x{programs[0]}", config, compiled, ms, flops, rel_err(y, reference))
 
 
 if __name__ == "__main__":

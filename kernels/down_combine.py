@@ -16,7 +16,8 @@ import triton
 import triton.language as tl
 
 from kernels.dependent_launch import wait_for_previous_kernel
-from kernels.grouped_gemm import fits_half, padded_blocks, program_tile, tile_place, tile_slots, walked_blocks
+from kernels.grouped_gemm import (fits_half, folded_tail, padded_blocks, program_tile, tile_place, tile_slots,
+                                  walked_blocks)
 from kernels.row_tiles import row_and_columns
 
 
@@ -24,8 +25,8 @@ from kernels.row_tiles import row_and_columns
 def down(h, w2, y, sorted_slots, block_expert, topk_weights, expert_offsets, num_slots, top_k, H, I, E, num_m_blocks,
          y_rows_per_token, y_first_row, ROUTED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
          BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, GROUP_BY_EXPERT: tl.constexpr, TMA: tl.constexpr,
-         PERSISTENT: tl.constexpr, HALF_TAIL: tl.constexpr, PADDED_Y: tl.constexpr, WARP_SPECIALIZE: tl.constexpr,
-         FLATTEN: tl.constexpr, PDL: tl.constexpr):
+         PERSISTENT: tl.constexpr, HALF_TAIL: tl.constexpr, FOLD_TAIL: tl.constexpr, PADDED_Y: tl.constexpr,
+         WARP_SPECIALIZE: tl.constexpr, FLATTEN: tl.constexpr, PDL: tl.constexpr):
     wait_for_previous_kernel(PDL)
     if PADDED_Y:
         tl.static_assert(ROUTED and PERSISTENT > 0, "PADDED_Y is a routed persistent tile")
@@ -34,7 +35,7 @@ def down(h, w2, y, sorted_slots, block_expert, topk_weights, expert_offsets, num
     elif PERSISTENT:
         persistent_tiles(h, w2, y, sorted_slots, block_expert, topk_weights, expert_offsets, num_slots, top_k, H, I, E,
                          num_m_blocks, y_rows_per_token, y_first_row, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M,
-                         GROUP_BY_EXPERT, HALF_TAIL, FLATTEN)
+                         GROUP_BY_EXPERT, HALF_TAIL, FOLD_TAIL, FLATTEN)
     else:
         pid_m, pid_n, expert = program_tile(H, block_expert, expert_offsets, ROUTED, BLOCK_M, BLOCK_N, GROUP_M,
                                             GROUP_BY_EXPERT)
@@ -45,9 +46,9 @@ def down(h, w2, y, sorted_slots, block_expert, topk_weights, expert_offsets, num
             tl.static_assert(ROUTED and TMA, "HALF_TAIL needs a routed TMA tile")
             h_desc, h_half_desc, w_desc = routed_descriptors(h, w2, E, H, I, num_m_blocks, BLOCK_M, BLOCK_N, BLOCK_K,
                                                              HALF_TAIL)
-            half_or_full_tile(h_desc, h_half_desc, w_desc, y, sorted_slots, topk_weights, pid_m, expert, pid_n,
-                              num_slots, top_k, H, I, y_rows_per_token, y_first_row, BLOCK_M, BLOCK_N, BLOCK_K,
-                              HALF_TAIL)
+            half_or_full_tile(h_desc, h_half_desc, w_desc, y, sorted_slots, block_expert, topk_weights, pid_m, expert,
+                              pid_n, num_slots, num_m_blocks, top_k, H, I, y_rows_per_token, y_first_row, BLOCK_M,
+                              BLOCK_N, BLOCK_K, HALF_TAIL, FOLD_TAIL)
             return
         rows, slots, has_slot = tile_slots(sorted_slots, pid_m, num_slots, BLOCK_M, ROUTED)
         cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -83,7 +84,7 @@ def down(h, w2, y, sorted_slots, block_expert, topk_weights, expert_offsets, num
 def persistent_tiles(h, w2, y, sorted_slots, block_expert, topk_weights, expert_offsets, num_slots, top_k, H, I, E,
                      num_m_blocks, y_rows_per_token, y_first_row, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, GROUP_BY_EXPERT: tl.constexpr,
-                     HALF_TAIL: tl.constexpr, FLATTEN: tl.constexpr):
+                     HALF_TAIL: tl.constexpr, FOLD_TAIL: tl.constexpr, FLATTEN: tl.constexpr):
     """The routed down GEMM on a persistent grid (PERSISTENT programs per multiprocessor,
     the host caps the grid at that many): each program walks tiles pid, pid + programs,
     ... in the grouped order, both operands through tensor descriptors made once for
@@ -92,7 +93,9 @@ def persistent_tiles(h, w2, y, sorted_slots, block_expert, topk_weights, expert_
     H100: 10% faster than one tile per program, performance-log.md #20).
     With HALF_TAIL (m128 t8, performance-log.md #31) a
     block whose slots fit in its first BLOCK_M / 2 rows (an expert's last block:
-    the slots of a block are a prefix) multiplies only those rows. With FLATTEN
+    the slots of a block are a prefix) multiplies only those rows; with FOLD_TAIL the
+    block before such a block takes its rows as a tail of its own tile
+    (grouped_gemm.folded_tail), from the same weight tiles. With FLATTEN
     (grouped_gemm.walked_blocks) Triton fuses the tile and K loops into one pipelined
     loop."""
     num_n_blocks = tl.cdiv(H, BLOCK_N)
@@ -102,12 +105,12 @@ def persistent_tiles(h, w2, y, sorted_slots, block_expert, topk_weights, expert_
         pid_m, pid_n, expert = tile_place(tile, m_blocks, num_n_blocks, block_expert, expert_offsets, True, BLOCK_M,
                                           GROUP_M, GROUP_BY_EXPERT)
         if FLATTEN:  # every walked block is an expert's: no branch to keep the loops apart
-            rows_tile(h_desc, w_desc, y, sorted_slots, topk_weights, pid_m * BLOCK_M, expert, pid_n, num_slots, top_k,
-                      H, I, y_rows_per_token, y_first_row, BLOCK_M, BLOCK_N, BLOCK_K)
+            rows_tile(h_desc, h_desc, w_desc, y, sorted_slots, topk_weights, pid_m * BLOCK_M, expert, pid_n, num_slots,
+                      top_k, H, I, y_rows_per_token, y_first_row, BLOCK_M, BLOCK_N, BLOCK_K, 0)
         elif expert >= 0:
-            half_or_full_tile(h_desc, h_half_desc, w_desc, y, sorted_slots, topk_weights, pid_m, expert, pid_n,
-                              num_slots, top_k, H, I, y_rows_per_token, y_first_row, BLOCK_M, BLOCK_N, BLOCK_K,
-                              HALF_TAIL)
+            half_or_full_tile(h_desc, h_half_desc, w_desc, y, sorted_slots, block_expert, topk_weights, pid_m, expert,
+                              pid_n, num_slots, num_m_blocks, top_k, H, I, y_rows_per_token, y_first_row, BLOCK_M,
+                              BLOCK_N, BLOCK_K, HALF_TAIL, FOLD_TAIL)
 
 
 @triton.jit
@@ -133,7 +136,8 @@ def padded_tiles(h, w2, y, block_expert, expert_offsets, H, I, E, num_m_blocks, 
                          warp_specialize=WARP_SPECIALIZE):
         pid_m, pid_n, expert = tile_place(tile, m_blocks, num_n_blocks, block_expert, expert_offsets, True, BLOCK_M,
                                           GROUP_M, GROUP_BY_EXPERT)
-        acc = expert_rows_product(h_desc, w_desc, pid_m * BLOCK_M, expert, pid_n, I, BLOCK_M, BLOCK_N, BLOCK_K)
+        acc = expert_rows_product(h_desc, h_desc, w_desc, pid_m * BLOCK_M, expert, pid_n, I, BLOCK_M, BLOCK_N, BLOCK_K,
+                                  0)
         y_desc.store([pid_m * BLOCK_M, pid_n * BLOCK_N], acc.to(y.dtype.element_ty))
 
 
@@ -154,42 +158,78 @@ def routed_descriptors(h, w2, E, H, I, num_m_blocks, BLOCK_M: tl.constexpr, BLOC
 
 
 @triton.jit
-def half_or_full_tile(h_desc, h_half_desc, w_desc, y, sorted_slots, topk_weights, pid_m, expert, pid_n, num_slots,
-                      top_k, H, I, y_rows_per_token, y_first_row, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                      BLOCK_K: tl.constexpr, HALF_TAIL: tl.constexpr):
-    """Block pid_m's tile, with HALF_TAIL only its first BLOCK_M / 2 rows where its slots fit there."""
+def half_or_full_tile(h_desc, h_half_desc, w_desc, y, sorted_slots, block_expert, topk_weights, pid_m, expert, pid_n,
+                      num_slots, num_m_blocks, top_k, H, I, y_rows_per_token, y_first_row, BLOCK_M: tl.constexpr,
+                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, HALF_TAIL: tl.constexpr, FOLD_TAIL: tl.constexpr):
+    """Block pid_m's tile, with HALF_TAIL only its first BLOCK_M / 2 rows where its slots fit
+    there; with FOLD_TAIL also the next block's rows where grouped_gemm.folded_tail says so,
+    and nothing where the block before takes this one's."""
     if HALF_TAIL:  # a constexpr test of its own: without it no half-height code is compiled
-        if fits_half(sorted_slots, pid_m, num_slots, BLOCK_M):
-            rows_tile(h_half_desc, w_desc, y, sorted_slots, topk_weights, pid_m * BLOCK_M, expert, pid_n, num_slots,
-                      top_k, H, I, y_rows_per_token, y_first_row, BLOCK_M // 2, BLOCK_N, BLOCK_K)
+        takes_next = False
+        taken = False
+        if FOLD_TAIL:
+            takes_next, taken = folded_tail(sorted_slots, block_expert, pid_m, expert, num_slots, num_m_blocks, BLOCK_M)
+        if takes_next:
+            rows_tile(h_desc, h_half_desc, w_desc, y, sorted_slots, topk_weights, pid_m * BLOCK_M, expert, pid_n,
+                      num_slots, top_k, H, I, y_rows_per_token, y_first_row, BLOCK_M, BLOCK_N, BLOCK_K, BLOCK_M // 2)
+        elif taken:
+            pass
+        elif fits_half(sorted_slots, pid_m, num_slots, BLOCK_M):
+            rows_tile(h_half_desc, h_half_desc, w_desc, y, sorted_slots, topk_weights, pid_m * BLOCK_M, expert, pid_n,
+                      num_slots, top_k, H, I, y_rows_per_token, y_first_row, BLOCK_M // 2, BLOCK_N, BLOCK_K, 0)
         else:
-            rows_tile(h_desc, w_desc, y, sorted_slots, topk_weights, pid_m * BLOCK_M, expert, pid_n, num_slots,
-                      top_k, H, I, y_rows_per_token, y_first_row, BLOCK_M, BLOCK_N, BLOCK_K)
+            rows_tile(h_desc, h_half_desc, w_desc, y, sorted_slots, topk_weights, pid_m * BLOCK_M, expert, pid_n,
+                      num_slots, top_k, H, I, y_rows_per_token, y_first_row, BLOCK_M, BLOCK_N, BLOCK_K, 0)
     else:
-        rows_tile(h_desc, w_desc, y, sorted_slots, topk_weights, pid_m * BLOCK_M, expert, pid_n, num_slots, top_k, H,
-                  I, y_rows_per_token, y_first_row, BLOCK_M, BLOCK_N, BLOCK_K)
+        rows_tile(h_desc, h_desc, w_desc, y, sorted_slots, topk_weights, pid_m * BLOCK_M, expert, pid_n, num_slots,
+                  top_k, H, I, y_rows_per_token, y_first_row, BLOCK_M, BLOCK_N, BLOCK_K, 0)
 
 
 @triton.jit
-def rows_tile(h_desc, w_desc, y, sorted_slots, topk_weights, first_row, expert, pid_n, num_slots, top_k, H, I,
-              y_rows_per_token, y_first_row, ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """ROWS rows of h from padded position first_row, times w2[expert]'s BLOCK_N block pid_n, into y."""
+def rows_tile(h_desc, h_tail_desc, w_desc, y, sorted_slots, topk_weights, first_row, expert, pid_n, num_slots, top_k, H,
+              I, y_rows_per_token, y_first_row, ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+              TAIL_ROWS: tl.constexpr):
+    """ROWS rows of h from padded position first_row, times w2[expert]'s BLOCK_N block pid_n, into
+    y; and TAIL_ROWS more rows from first_row + ROWS (FOLD_TAIL's next block, through
+    h_tail_desc; 0: none) in an accumulator of their own, from the same weight tiles."""
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    if TAIL_ROWS:
+        acc, tail_acc = expert_rows_product(h_desc, h_tail_desc, w_desc, first_row, expert, pid_n, I, ROWS, BLOCK_N,
+                                            BLOCK_K, TAIL_ROWS)
+        store_block_rows(y, tail_acc, topk_weights, sorted_slots, first_row + ROWS, cols, num_slots, top_k, H,
+                         y_rows_per_token, y_first_row, TAIL_ROWS)
+    else:
+        acc = expert_rows_product(h_desc, h_tail_desc, w_desc, first_row, expert, pid_n, I, ROWS, BLOCK_N, BLOCK_K, 0)
+    store_block_rows(y, acc, topk_weights, sorted_slots, first_row, cols, num_slots, top_k, H, y_rows_per_token,
+                     y_first_row, ROWS)
+
+
+@triton.jit
+def store_block_rows(y, acc, topk_weights, sorted_slots, first_row, cols, num_slots, top_k, H, y_rows_per_token,
+                     y_first_row, ROWS: tl.constexpr):
+    """store_rows for the ROWS padded positions from first_row."""
     slots = tl.load(sorted_slots + (first_row + tl.arange(0, ROWS)))
     has_slot = slots < num_slots
-    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    acc = expert_rows_product(h_desc, w_desc, first_row, expert, pid_n, I, ROWS, BLOCK_N, BLOCK_K)
     store_rows(y, acc, topk_weights, slots, has_slot, cols, cols < H, top_k, H, y_rows_per_token, y_first_row, True)
 
 
 @triton.jit
-def expert_rows_product(h_desc, w_desc, first_row, expert, pid_n, I, ROWS: tl.constexpr, BLOCK_N: tl.constexpr,
-                        BLOCK_K: tl.constexpr):
-    """ROWS rows of h from padded position first_row times w2[expert]'s BLOCK_N block pid_n, in float32."""
+def expert_rows_product(h_desc, h_tail_desc, w_desc, first_row, expert, pid_n, I, ROWS: tl.constexpr,
+                        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, TAIL_ROWS: tl.constexpr):
+    """ROWS rows of h from padded position first_row times w2[expert]'s BLOCK_N block pid_n, in
+    float32; with TAIL_ROWS also the next TAIL_ROWS rows' (through h_tail_desc), as a second result."""
     acc = tl.zeros([ROWS, BLOCK_N], tl.float32)
+    if TAIL_ROWS:
+        tail_acc = tl.zeros([TAIL_ROWS, BLOCK_N], tl.float32)
     for k0 in range(0, I, BLOCK_K):
         w = w_desc.load([expert, pid_n * BLOCK_N, k0]).reshape(BLOCK_N, BLOCK_K)
         acc = tl.dot(h_desc.load([first_row, k0]), w.T, acc)
-    return acc
+        if TAIL_ROWS:
+            tail_acc = tl.dot(h_tail_desc.load([first_row + ROWS, k0]), w.T, tail_acc)
+    if TAIL_ROWS:
+        return acc, tail_acc
+    else:
+        return acc
 
 
 @triton.jit

@@ -11,27 +11,30 @@ import triton
 import triton.language as tl
 
 from kernels.dependent_launch import wait_for_previous_kernel
-from kernels.grouped_gemm import fits_half, program_tile, tile_place, tile_slots, walked_blocks
+from kernels.grouped_gemm import fits_half, folded_tail, program_tile, tile_place, tile_slots, walked_blocks
 
 
 @triton.jit
 def gate_up_swiglu(x, w13, h, sorted_slots, block_expert, expert_offsets, num_slots, top_k, H, I, E, num_m_blocks,
                    ROUTED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                    JOINED: tl.constexpr, GROUP_M: tl.constexpr, GROUP_BY_EXPERT: tl.constexpr, TMA: tl.constexpr,
-                   PERSISTENT: tl.constexpr, HALF_TAIL: tl.constexpr, FLATTEN: tl.constexpr, PDL: tl.constexpr):
+                   PERSISTENT: tl.constexpr, HALF_TAIL: tl.constexpr, FOLD_TAIL: tl.constexpr, FLATTEN: tl.constexpr,
+                   PDL: tl.constexpr):
     wait_for_previous_kernel(PDL)
     if PERSISTENT:
         persistent_tiles(x, w13, h, sorted_slots, block_expert, expert_offsets, num_slots, top_k, H, I, E,
-                         num_m_blocks, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, GROUP_BY_EXPERT, HALF_TAIL, FLATTEN)
+                         num_m_blocks, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, GROUP_BY_EXPERT, HALF_TAIL, FOLD_TAIL,
+                         FLATTEN)
     else:
-        one_tile(x, w13, h, sorted_slots, block_expert, expert_offsets, num_slots, top_k, H, I, E, ROUTED, BLOCK_M,
-                 BLOCK_N, BLOCK_K, JOINED, GROUP_M, GROUP_BY_EXPERT, TMA, HALF_TAIL)
+        one_tile(x, w13, h, sorted_slots, block_expert, expert_offsets, num_slots, top_k, H, I, E, num_m_blocks,
+                 ROUTED, BLOCK_M, BLOCK_N, BLOCK_K, JOINED, GROUP_M, GROUP_BY_EXPERT, TMA, HALF_TAIL, FOLD_TAIL)
 
 
 @triton.jit
-def one_tile(x, w13, h, sorted_slots, block_expert, expert_offsets, num_slots, top_k, H, I, E, ROUTED: tl.constexpr,
-             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, JOINED: tl.constexpr,
-             GROUP_M: tl.constexpr, GROUP_BY_EXPERT: tl.constexpr, TMA: tl.constexpr, HALF_TAIL: tl.constexpr):
+def one_tile(x, w13, h, sorted_slots, block_expert, expert_offsets, num_slots, top_k, H, I, E, num_m_blocks,
+             ROUTED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+             JOINED: tl.constexpr, GROUP_M: tl.constexpr, GROUP_BY_EXPERT: tl.constexpr, TMA: tl.constexpr,
+             HALF_TAIL: tl.constexpr, FOLD_TAIL: tl.constexpr):
     pid_m, pid_n, expert = program_tile(I, block_expert, expert_offsets, ROUTED, BLOCK_M, BLOCK_N, GROUP_M,
                                         GROUP_BY_EXPERT)
     if expert < 0:
@@ -40,8 +43,9 @@ def one_tile(x, w13, h, sorted_slots, block_expert, expert_offsets, num_slots, t
         # The persistent tiles' half-height tail blocks (performance-log.md #31, #53) on one
         # tile per program: joined routed tiles through tensor descriptors only.
         tl.static_assert(ROUTED and JOINED and TMA, "HALF_TAIL needs a routed, joined TMA tile")
-        half_or_full_tile(x, joined_weights(w13, E, H, I, BLOCK_N, BLOCK_K), h, sorted_slots, pid_m, expert, pid_n,
-                          num_slots, top_k, H, I, BLOCK_M, BLOCK_N, BLOCK_K, HALF_TAIL)
+        half_or_full_tile(x, joined_weights(w13, E, H, I, BLOCK_N, BLOCK_K), h, sorted_slots, block_expert, pid_m,
+                          expert, pid_n, num_slots, num_m_blocks, top_k, H, I, BLOCK_M, BLOCK_N, BLOCK_K, HALF_TAIL,
+                          FOLD_TAIL)
         return
     rows, slots, has_slot = tile_slots(sorted_slots, pid_m, num_slots, BLOCK_M, ROUTED)
     tokens = slots // top_k
@@ -124,12 +128,13 @@ def store_swiglu(h, acc_gate, acc_up, rows, has_slot, cols, col_ok, I):
 @triton.jit
 def persistent_tiles(x, w13, h, sorted_slots, block_expert, expert_offsets, num_slots, top_k, H, I, E, num_m_blocks,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-                     GROUP_BY_EXPERT: tl.constexpr, HALF_TAIL: tl.constexpr, FLATTEN: tl.constexpr):
+                     GROUP_BY_EXPERT: tl.constexpr, HALF_TAIL: tl.constexpr, FOLD_TAIL: tl.constexpr,
+                     FLATTEN: tl.constexpr):
     """The routed GEMM on a persistent grid (PERSISTENT programs per multiprocessor; the
     host caps the grid), as down's (down_combine.py): each program walks tiles in the
     grouped order, the joined gate and up tiles through one tensor descriptor over w13
     seen as [E, 2, I, H]; x's rows are gathered by token, so they stay pointer loads.
-    HALF_TAIL and FLATTEN as in down_combine.py (m128 t9, t15)."""
+    HALF_TAIL, FOLD_TAIL and FLATTEN as in down_combine.py (m128 t9, t15)."""
     num_n_blocks = tl.cdiv(I, BLOCK_N)
     w_desc = joined_weights(w13, E, H, I, BLOCK_N, BLOCK_K)
     m_blocks = walked_blocks(num_m_blocks, expert_offsets, E, BLOCK_M, HALF_TAIL, FLATTEN)
@@ -138,10 +143,10 @@ def persistent_tiles(x, w13, h, sorted_slots, block_expert, expert_offsets, num_
                                           GROUP_M, GROUP_BY_EXPERT)
         if FLATTEN:  # every walked block is an expert's: no branch to keep the loops apart
             joined_rows_tile(x, w_desc, h, sorted_slots, pid_m * BLOCK_M, expert, pid_n, num_slots, top_k, H, I,
-                             BLOCK_M, BLOCK_N, BLOCK_K)
+                             BLOCK_M, BLOCK_N, BLOCK_K, 0)
         elif expert >= 0:
-            half_or_full_tile(x, w_desc, h, sorted_slots, pid_m, expert, pid_n, num_slots, top_k, H, I, BLOCK_M,
-                              BLOCK_N, BLOCK_K, HALF_TAIL)
+            half_or_full_tile(x, w_desc, h, sorted_slots, block_expert, pid_m, expert, pid_n, num_slots, num_m_blocks,
+                              top_k, H, I, BLOCK_M, BLOCK_N, BLOCK_K, HALF_TAIL, FOLD_TAIL)
 
 
 @triton.jit
@@ -152,37 +157,74 @@ def joined_weights(w13, E, H, I, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
 
 
 @triton.jit
-def half_or_full_tile(x, w_desc, h, sorted_slots, pid_m, expert, pid_n, num_slots, top_k, H, I, BLOCK_M: tl.constexpr,
-                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, HALF_TAIL: tl.constexpr):
-    """Block pid_m's tile, with HALF_TAIL only its first BLOCK_M / 2 rows where its slots fit there."""
+def half_or_full_tile(x, w_desc, h, sorted_slots, block_expert, pid_m, expert, pid_n, num_slots, num_m_blocks, top_k,
+                      H, I, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                      HALF_TAIL: tl.constexpr, FOLD_TAIL: tl.constexpr):
+    """Block pid_m's tile, with HALF_TAIL only its first BLOCK_M / 2 rows where its slots fit
+    there; with FOLD_TAIL also the next block's rows where grouped_gemm.folded_tail says so,
+    and nothing where the block before takes this one's."""
     if HALF_TAIL:  # a constexpr test of its own: without it no half-height code is compiled
-        if fits_half(sorted_slots, pid_m, num_slots, BLOCK_M):
+        takes_next = False
+        taken = False
+        if FOLD_TAIL:
+            takes_next, taken = folded_tail(sorted_slots, block_expert, pid_m, expert, num_slots, num_m_blocks, BLOCK_M)
+        if takes_next:
             joined_rows_tile(x, w_desc, h, sorted_slots, pid_m * BLOCK_M, expert, pid_n, num_slots, top_k, H, I,
-                             BLOCK_M // 2, BLOCK_N, BLOCK_K)
+                             BLOCK_M, BLOCK_N, BLOCK_K, BLOCK_M // 2)
+        elif taken:
+            pass
+        elif fits_half(sorted_slots, pid_m, num_slots, BLOCK_M):
+            joined_rows_tile(x, w_desc, h, sorted_slots, pid_m * BLOCK_M, expert, pid_n, num_slots, top_k, H, I,
+                             BLOCK_M // 2, BLOCK_N, BLOCK_K, 0)
         else:
             joined_rows_tile(x, w_desc, h, sorted_slots, pid_m * BLOCK_M, expert, pid_n, num_slots, top_k, H, I,
-                             BLOCK_M, BLOCK_N, BLOCK_K)
+                             BLOCK_M, BLOCK_N, BLOCK_K, 0)
     else:
         joined_rows_tile(x, w_desc, h, sorted_slots, pid_m * BLOCK_M, expert, pid_n, num_slots, top_k, H, I, BLOCK_M,
-                         BLOCK_N, BLOCK_K)
+                         BLOCK_N, BLOCK_K, 0)
 
 
 @triton.jit
 def joined_rows_tile(x, w_desc, h, sorted_slots, first_row, expert, pid_n, num_slots, top_k, H, I, ROWS: tl.constexpr,
-                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, TAIL_ROWS: tl.constexpr):
     """h's ROWS rows from padded position first_row, BLOCK_N block pid_n: the tokens' rows of
-    x times w13[expert]'s joined gate and up tiles, SwiGLU, stored."""
+    x times w13[expert]'s joined gate and up tiles, SwiGLU, stored; and TAIL_ROWS more rows
+    from first_row + ROWS (FOLD_TAIL's next block; 0: none) in an accumulator of their own,
+    from the same weight tiles."""
+    ks = tl.arange(0, BLOCK_K)
+    rows, has_slot, x_tile = gathered_rows(x, sorted_slots, first_row, num_slots, top_k, H, ROWS, BLOCK_K)
+    acc = tl.zeros([ROWS, 2 * BLOCK_N], tl.float32)
+    if TAIL_ROWS:
+        tail_rows, tail_has_slot, tail_x_tile = gathered_rows(x, sorted_slots, first_row + ROWS, num_slots, top_k, H,
+                                                              TAIL_ROWS, BLOCK_K)
+        tail_acc = tl.zeros([TAIL_ROWS, 2 * BLOCK_N], tl.float32)
+    for k0 in range(0, H, BLOCK_K):
+        k_ok = ks < H - k0
+        w = w_desc.load([expert, 0, pid_n * BLOCK_N, k0]).reshape(2 * BLOCK_N, BLOCK_K)
+        acc = tl.dot(tl.load(x_tile, mask=has_slot[:, None] & k_ok[None, :], other=0.0), w.T, acc)
+        x_tile += BLOCK_K
+        if TAIL_ROWS:
+            tail_acc = tl.dot(tl.load(tail_x_tile, mask=tail_has_slot[:, None] & k_ok[None, :], other=0.0), w.T,
+                              tail_acc)
+            tail_x_tile += BLOCK_K
+    store_joined(h, acc, rows, has_slot, pid_n, I, ROWS, BLOCK_N)
+    if TAIL_ROWS:
+        store_joined(h, tail_acc, tail_rows, tail_has_slot, pid_n, I, TAIL_ROWS, BLOCK_N)
+
+
+@triton.jit
+def gathered_rows(x, sorted_slots, first_row, num_slots, top_k, H, ROWS: tl.constexpr, BLOCK_K: tl.constexpr):
+    """ROWS padded positions from first_row, which of them hold a slot, and pointers to
+    their tokens' rows of x at columns 0..BLOCK_K-1."""
     rows = first_row + tl.arange(0, ROWS)
     slots = tl.load(sorted_slots + rows)
     has_slot = slots < num_slots
-    ks = tl.arange(0, BLOCK_K)
-    x_tile = x + (slots // top_k).to(tl.int64)[:, None] * H + ks[None, :]
-    acc = tl.zeros([ROWS, 2 * BLOCK_N], tl.float32)
-    for k0 in range(0, H, BLOCK_K):
-        a = tl.load(x_tile, mask=has_slot[:, None] & (ks < H - k0)[None, :], other=0.0)
-        w = w_desc.load([expert, 0, pid_n * BLOCK_N, k0]).reshape(2 * BLOCK_N, BLOCK_K)
-        acc = tl.dot(a, w.T, acc)
-        x_tile += BLOCK_K
+    return rows, has_slot, x + (slots // top_k).to(tl.int64)[:, None] * H + tl.arange(0, BLOCK_K)[None, :]
+
+
+@triton.jit
+def store_joined(h, acc, rows, has_slot, pid_n, I, ROWS: tl.constexpr, BLOCK_N: tl.constexpr):
+    """SwiGLU of a joined accumulator, stored to h's rows, BLOCK_N block pid_n."""
     acc_gate, acc_up = split_joined(acc, ROWS, BLOCK_N)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     store_swiglu(h, acc_gate, acc_up, rows, has_slot, cols, cols < I, I)

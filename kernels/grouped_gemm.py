@@ -132,3 +132,19 @@ def fits_half(sorted_slots, pid_m, num_slots, BLOCK_M: tl.constexpr):
     block: a block's slots are a prefix), for HALF_TAIL."""
     _, _, has_slot = tile_slots(sorted_slots, pid_m, num_slots, BLOCK_M, True)
     return tl.sum(has_slot.to(tl.int32)) <= BLOCK_M // 2
+
+
+@triton.jit
+def folded_tail(sorted_slots, block_expert, pid_m, expert, num_slots, num_m_blocks, BLOCK_M: tl.constexpr):
+    """For FOLD_TAIL: (whether block pid_m also multiplies the next block's first
+    BLOCK_M / 2 rows, that block being its expert's last and its slots fitting there;
+    whether block pid_m is such a block, left to the one before it). Then the weight
+    tiles stream once for an expert a few rows past a multiple of BLOCK_M, where a tail
+    block of its own reads them all again through L2 (mixtral-8x7b T = 512 on an H100:
+    gate_up bound by L2, performance-log.md #76)."""
+    next_m = tl.minimum(pid_m + 1, num_m_blocks - 1)
+    next_expert = tl.where(pid_m + 1 < num_m_blocks, tl.load(block_expert + next_m), -1)
+    previous_expert = tl.where(pid_m > 0, tl.load(block_expert + tl.maximum(pid_m - 1, 0)), -1)
+    takes_next = (next_expert == expert) & fits_half(sorted_slots, next_m, num_slots, BLOCK_M)
+    taken = (previous_expert == expert) & fits_half(sorted_slots, pid_m, num_slots, BLOCK_M)
+    return takes_next, taken

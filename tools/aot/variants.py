@@ -183,9 +183,9 @@ DOWN_TILES[32] += (DOWN_TILES[16][3],)
 GATE_UP_TILES[64] += (one_more_stage_on_hopper(GATE_UP_TILES[64][2]),)
 
 
-def grouped_by_expert(tile):
-    """The tile with GROUP_BY_EXPERT on every backend."""
-    return {backend: (n, k, warps, stages, dict(*extra, **GROUP_BY_EXPERT))
+def with_constexprs(tile, constexprs):
+    """The tile with these constexprs added on every backend."""
+    return {backend: (n, k, warps, stages, dict(*extra, **constexprs))
             for backend, (n, k, warps, stages, *extra) in tile.items()}
 
 
@@ -193,8 +193,8 @@ def grouped_by_expert(tile):
 # tiles tune takes from T = 1024, with no group across two experts (on an H200 alone:
 # deepseek-v3 T = 8192 gate_up t7 -3.1%, down t11 -4.1%; mixtral-8x7b T = 2048 gate_up
 # t7 -7.0%; performance-log.md #79).
-GATE_UP_TILES[128] += tuple(grouped_by_expert(GATE_UP_TILES[128][index]) for index in (7, 10, 11))
-DOWN_TILES[128] += tuple(grouped_by_expert(DOWN_TILES[128][index]) for index in (7, 10, 11, 12))
+GATE_UP_TILES[128] += tuple(with_constexprs(GATE_UP_TILES[128][index], GROUP_BY_EXPERT) for index in (7, 10, 11))
+DOWN_TILES[128] += tuple(with_constexprs(DOWN_TILES[128][index], GROUP_BY_EXPERT) for index in (7, 10, 11, 12))
 
 # gate_up m128 t15 (t7 flattened, four stages on cuda:90), down m128 t17 (128x128
 # persistent, flattened), t18 (t7 flattened, four stages on cuda:90) and down m64 t3 (128x128,
@@ -212,11 +212,20 @@ DOWN_TILES[128] += ({"cuda:90": (128, 128, 8, 3, FLAT_PERSISTENT), "cuda": (128,
 DOWN_TILES[64] += ({"cuda:90": (128, 128, 4, 4, FLAT_PERSISTENT), "cuda": (128, 128, 4, 3, FLAT_PERSISTENT),
                     "hip": (128, 64, 8, 2, FLAT_PERSISTENT)},)
 
+# gate_up m128 t16 is t11 and down m128 t19, t20 are t10 and t14 with FOLD_TAIL: an expert's
+# last block of at most 64 slots is multiplied by the block before it, from the same
+# weight tiles (kernels/grouped_gemm.folded_tail; on an H200 alone, mixtral-8x7b T = 512
+# down -14%, gate_up -1.6%, T = 2048 down -3.4%; the persistent down t8 folded ran 40%
+# slower; performance-log.md #84).
+FOLD_TAIL = dict(FOLD_TAIL=True)
+GATE_UP_TILES[128] += (with_constexprs(GATE_UP_TILES[128][11], FOLD_TAIL),)
+DOWN_TILES[128] += tuple(with_constexprs(DOWN_TILES[128][index], FOLD_TAIL) for index in (10, 14))
+
 # The constexprs a grouped GEMM tile sets unless it says otherwise.
 GATE_UP_DEFAULTS = dict(LAYER_KERNEL, **GROUP8, GROUP_BY_EXPERT=False, JOINED=False, TMA=False, PERSISTENT=0,
-                        HALF_TAIL=False, FLATTEN=False)
+                        HALF_TAIL=False, FOLD_TAIL=False, FLATTEN=False)
 DOWN_DEFAULTS = dict(LAYER_KERNEL, **GROUP8, GROUP_BY_EXPERT=False, TMA=False, PERSISTENT=0, HALF_TAIL=False,
-                     PADDED_Y=False, WARP_SPECIALIZE=False, FLATTEN=False)
+                     FOLD_TAIL=False, PADDED_Y=False, WARP_SPECIALIZE=False, FLATTEN=False)
 FALLBACK_BLOCK_M = 32
 FALLBACK_TILE = {"cuda": (64, 64, 4, 3), "hip": (64, 64, 4, 2)}
 
@@ -307,6 +316,9 @@ def tile_configs(per_backend, constexprs):
         # Only persistent_tiles reads FLATTEN (kernels/grouped_gemm.walked_blocks): elsewhere it would be ignored.
         if c.get("FLATTEN") and (not c.get("PERSISTENT") or c.get("PADDED_Y")):
             raise ValueError(f"FLATTEN needs a persistent tile without PADDED_Y: {c}")
+        # FOLD_TAIL picks among HALF_TAIL's paths (kernels/grouped_gemm.folded_tail): alone it would be ignored.
+        if c.get("FOLD_TAIL") and not c.get("HALF_TAIL"):
+            raise ValueError(f"FOLD_TAIL needs a HALF_TAIL tile: {c}")
     return configs
 
 
