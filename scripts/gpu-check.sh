@@ -9,9 +9,9 @@
 # and the table serves the benches through TMOE_TUNING_TABLE).
 # TUNE_FROM=configs/<device>.json starts that table from the committed one, so
 # tuning some models keeps the others' rows (a whole sweep took about 10 minutes on
-# an H100 before the GROUP_BY_EXPERT and FLATTEN tiles, which took an m128 bucket from
-# about 195 candidates to 352: on an H200, deepseek-v3 and gpt-oss-120b T = 1024-8192 no
-# longer fit one call's 400 s, performance-log.md #79, #82; give each call a few models and T).
+# an H100 before the GROUP_BY_EXPERT, FLATTEN and FOLD_TAIL tiles, which took an m128 bucket
+# from about 195 candidates to 405: on an H200, deepseek-v3 and gpt-oss-120b T = 1024-8192 no
+# longer fit one call's 400 s, performance-log.md #79, #82, #84; give each call a few models and T).
 # SKIP names steps to leave out (e.g. SKIP="tests memcheck python"). Logs go to
 # ./gpu-check-out and, packed as gpu-check-logs.tar.gz, to $OUT when the device
 # tool sets it.
