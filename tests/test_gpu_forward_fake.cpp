@@ -324,12 +324,13 @@ class GpuForwardFakeTest : public ::testing::TestWithParam<Api> {
   // The heuristic's (gate_up, down) tiles of the routed GEMMs for BLOCK_M m, `rows`
   // slots per expert and intermediate size I (docs/kernels.md): the tunes' winners on
   // CUDA (the fake is sm_90: at m64 and m128 the four-stage gate_up, m128's grouped by
-  // expert; under 256 rows the four-stage TMA down, from 256 rows the warp-specialized
-  // PADDED_Y down with I <= 4096, else the persistent one), t0 on HIP.
+  // expert; under 128 rows the four-stage TMA down, then its FOLD_TAIL form, from 256
+  // rows the warp-specialized PADDED_Y down with I <= 4096, else the persistent one), t0
+  // on HIP.
   std::pair<int, int> heuristic_tiles(int64_t m, int64_t rows, int64_t I) const {
     if (!cuda()) return {0, 0};
     const int gate_up = m == 16 ? 3 : m == 32 ? 0 : m == 64 ? 4 : 14;
-    return {gate_up, m == 64 ? 1 : m == 128 ? (rows < 256 ? 10 : I <= 4096 ? 11 : 7) : 0};
+    return {gate_up, m == 64 ? 1 : m == 128 ? (rows < 128 ? 10 : rows < 256 ? 19 : I <= 4096 ? 11 : 7) : 0};
   }
 
   // A GEMM variant's name: "bf16_routed_m128_t11_div16", "bf16_dense_m32_any".
@@ -966,8 +967,8 @@ TEST_P(GpuForwardFakeTest, VariantsFollowDtypesAlignmentAndShapes) {
        std::string("route/f32_e64_k2 decode_gate_up_swiglu/bf16_routed_t1 decode_down_combine/bf16_routed_") +
            (cuda() ? "t1" : "t2")},
       // 15 and 16 rows per expert: BLOCK_M 16, then 32 (performance-log.md #69); 31 and
-      // 32: 32, then 64; 63 and 64: 64, then 128 (#71); 255 and 256: m128's down t10,
-      // then the warp-specialized t11.
+      // 32: 32, then 64; 63 and 64: 64, then 128 (#71); 127 and 128: m128's down t10,
+      // then its FOLD_TAIL form t19 (#86); 255 and 256: t19, then the warp-specialized t11.
       {{"rows15", 60, 8, 2, 64, 32, 0},
        "route/f32_e64_k2 align_count_scatter/c256_e64 " + routed("bf16", 16) + " combine/bf16_div16"},
       {{"rows16", 64, 8, 2, 64, 32, 0},
@@ -980,6 +981,10 @@ TEST_P(GpuForwardFakeTest, VariantsFollowDtypesAlignmentAndShapes) {
        "route/f32_e64_k2 align_count_scatter/c256_e64 " + routed("bf16", 64) + " combine/bf16_div16"},
       {{"rows64", 256, 8, 2, 64, 32, 0},
        "route/f32_e64_k2 align_count_scatter/c256_e64 " + routed_m128(64, 32)},
+      {{"rows127", 508, 8, 2, 64, 32, 0},
+       "route/f32_e64_k2 align_count/c256_e64 align_scatter/c256_e64 " + routed_m128(127, 32)},
+      {{"rows128", 512, 8, 2, 64, 32, 0},
+       "route/f32_e64_k2 align_count/c256_e64 align_scatter/c256_e64 " + routed_m128(128, 32)},
       {{"rows255", 1020, 8, 2, 64, 32, 0},
        "route/f32_e64_k2 align_count/c256_e64 align_scatter/c256_e64 " + routed_m128(255, 32)},
       {{"rows256", 1024, 8, 2, 64, 32, 0},

@@ -316,9 +316,12 @@ class GpuBackend final : public gpu::TunableBackend {
   // t2/t1 ran 0.968-1.001 in the 13 buckets of four presets that timed both (#75);
   // elsewhere t4 is t2 itself. The m128
   // pair runs its descriptors as TMA only on cuda:90: cuda:80 keeps the sweep before
-  // the TMA tiles (t3/t0, 7 of 13). cuda:90's m128 down: under 256 rows per expert
+  // the TMA tiles (t3/t0, 7 of 13). cuda:90's m128 down: under 128 rows per expert
   // t10, the four-stage TMA down with half-height tail blocks (the H200 sweep, #71: at
-  // 64 rows 0.5-12% ahead of t7 on all four presets, at 128 rows within 1%); from 256
+  // 64 rows 0.5-12% ahead of t7 on all four presets, at 128 rows within 1%); from 128
+  // rows t19, t10 whose blocks take their expert's last few rows (FOLD_TAIL: beside
+  // t14 in the H200 sweeps at 128 rows, mixtral-8x7b T = 512 -8.4%, gpt-oss-120b
+  // T = 4096 -4.9%, qwen3-30b-a3b T = 2048 +1.4%, #86); from 256
   // rows with I <= 4096 t11, warp-specialized, which overlaps a tile's epilogue with
   // the next tile's loads (in the layer against t7, qwen3-30b-a3b T = 4096/8192
   // -3.8/-5.7%, gpt-oss-120b and deepseek-v3 T = 8192 -1.8/-1.4%, #62); on
@@ -340,7 +343,7 @@ class GpuBackend final : public gpu::TunableBackend {
     if (device_->api() != gpu::Api::cuda) return {gpu::GemmPath::sorted, block_m, 0, 0};
     const bool tma = target_ == "cuda:90";
     const int gate_up_tile = block_m == 16 ? 3 : block_m == 32 ? 0 : block_m == 64 ? 4 : tma ? 14 : 3;
-    const int hopper_down = rows < 256 ? 10 : p.I <= 4096 ? 11 : 7;
+    const int hopper_down = rows < 128 ? 10 : rows < 256 ? 19 : p.I <= 4096 ? 11 : 7;
     const int down_tile = block_m == 64 ? 1 : block_m == 128 && tma ? hopper_down : 0;
     return {gpu::GemmPath::sorted, block_m, gate_up_tile, down_tile};
   }
