@@ -9,13 +9,15 @@ vLLM runs its best large-T config of the peers run (BLOCK 128x256x64, GROUP_SIZE
 kernel not timed here), or the config env VLLM gives; ours runs each tile of
 tools/aot/variants.py for BLOCK_M (env, default 128) as bundled (h and y in bf16, as
 in the library), compiled here by Triton's JIT, each tile also with GROUP_BY_EXPERT
-where it has none (kernels/grouped_gemm.py), and in one more form: at BLOCK_M 128,
+where it has none (kernels/grouped_gemm.py), and in more forms: at BLOCK_M 128,
 where it is not a TMA or persistent tile, its TMA form (weights, and for down also h,
-through device-side tensor descriptors), and a TMA or persistent tile with HALF_TAIL
-(blocks whose slots fit in half the rows multiply only those, performance-log.md #31,
-#53) and with FOLD_TAIL (such a block's rows taken by the block before it, its
-expert's, from the same weight tiles, #84); at smaller BLOCK_M, with GROUP_M 1 (programs walk N first, as vLLM's small-T
-configs). Persistent tiles run on PERSISTENT programs per SM, as the library launches them.
+through device-side tensor descriptors); a TMA or persistent tile (not FLATTEN) with
+HALF_TAIL where it has none (blocks whose slots fit in half the rows multiply only
+those, performance-log.md #31, #53) and with FOLD_TAIL (such a block's rows taken by
+the block before it, its expert's, from the same weight tiles, #84); at smaller
+BLOCK_M, with GROUP_M 1 (programs walk N first, as vLLM's small-T configs). Persistent
+tiles run on PERSISTENT programs per SM, as the library launches them. Each row
+names the compiled kernel's registers and spilled registers.
 Both read the same routing: vLLM's alignment (in torch, bench/peers.py) is exactly
 ours (sorted_slots with sentinel S, one expert per block).
 

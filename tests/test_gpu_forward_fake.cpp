@@ -324,9 +324,9 @@ class GpuForwardFakeTest : public ::testing::TestWithParam<Api> {
   // The heuristic's (gate_up, down) tiles of the routed GEMMs for BLOCK_M m, `rows`
   // slots per expert and intermediate size I (docs/kernels.md): the tunes' winners on
   // CUDA (the fake is sm_90: at m64 and m128 the four-stage gate_up, m128's grouped by
-  // expert; under 128 rows the four-stage TMA down, then its FOLD_TAIL form, from 256
-  // rows the warp-specialized PADDED_Y down with I <= 4096, else the persistent one), t0
-  // on HIP.
+  // expert; under 128 rows the four-stage TMA down, from 128 rows its FOLD_TAIL form,
+  // from 256 rows the warp-specialized PADDED_Y down with I <= 4096, else the persistent
+  // one), t0 on HIP.
   std::pair<int, int> heuristic_tiles(int64_t m, int64_t rows, int64_t I) const {
     if (!cuda()) return {0, 0};
     const int gate_up = m == 16 ? 3 : m == 32 ? 0 : m == 64 ? 4 : 14;
