@@ -101,7 +101,7 @@ int main(int argc, char** argv) {
   bench->add_option("--seed", opt.seed, "random seed (0: random)")->capture_default_str();
   bench->add_option("--models-file", models_file, "model presets file")->capture_default_str();
 
-  auto* tune = app.add_subcommand("tune", "time every kernel choice for each model and T on this GPU; write the "
+  auto* tune = app.add_subcommand("tune", "time the kernel choices for each model and T on this GPU; write the "
                                           "fastest as its tuned table (configs/<device>.json)");
   std::string tune_models = "all", tune_tokens = "1,2,4,8,16,32,64,128,256,512,1024,2048,4096,8192";
   tmoe::cli::TuneOptions tune_opt;
@@ -111,8 +111,11 @@ int main(int argc, char** argv) {
   tune->add_option("--device", tune_opt.device, "GPU index")->capture_default_str();
   tune->add_option("--out", tune_opt.out, "the table to write (default configs/<device>.json)");
   tune->add_option("--sweep", tune_opt.sweep_file,
-                   "also write every candidate's sweep time and the final rounds' times, per model and T, to this "
+                   "also write every swept candidate's time and the final rounds' times, per model and T, to this "
                    "JSON file");
+  tune->add_flag("--exhaustive", tune_opt.exhaustive,
+                 "sweep every pair of gate_up and down tiles (default: a staged search timing about a third of "
+                 "them, docs/tuning.md)");
   tune->add_option("--models-file", models_file, "model presets file")->capture_default_str();
 
   CLI11_PARSE(app, argc, argv);

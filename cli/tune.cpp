@@ -1,6 +1,7 @@
 #include "tune.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <ctime>
@@ -21,6 +22,9 @@ namespace tmoe::cli {
 
 namespace {
 
+// The staged search's shape (gpu::staged_sweep; performance-log.md #87).
+constexpr size_t kStagedLeaders = 5;
+constexpr int kStagedPasses = 2;
 // The sweep's fastest candidates that are timed again, and how many rounds.
 constexpr size_t kFinalists = 3;
 constexpr int kFinalRounds = 5;
@@ -85,10 +89,13 @@ int run_tune(const TuneOptions& opt) {
   table["command"] = opt.command;
   table["dtype"] = "bf16";
   table["timing"] =
-      "median of CUDA-graph replays of the whole layer from router logits; the sweep's 3 fastest, the fastest of "
-      "each path, the heuristic and the updated table's choice, each with and without dependent launch where the "
-      "target offers it, timed again in 5 alternating rounds on 3 routing draws each, the median round's mean over "
-      "the draws decides";
+      std::string("median of CUDA-graph replays of the whole layer from router logits; ") +
+      (opt.exhaustive ? "every pair of tiles swept; "
+                      : "a staged sweep (per row block: gate_up tiles beside one down tile, then down tiles beside the "
+                        "fastest gate_up, twice, then every pair of the 5 fastest of each); ") +
+      "the sweep's 3 fastest, the fastest of each path, the heuristic and the updated table's choice, each with and "
+      "without dependent launch where the target offers it, timed again in 5 alternating rounds on 3 routing draws "
+      "each, the median round's mean over the draws decides";
   // An existing table of this device keeps the shapes this run does not tune
   // (checked now, before minutes of sweeping, and merged at every write), and its
   // choice for each T re-tuned runs in the final rounds: a winner must beat it in
@@ -110,7 +117,7 @@ int run_tune(const TuneOptions& opt) {
     if (!existing.empty()) check(gpu::merge_tuning_table(existing, "--out " + out_file, &merged));
     write_json(out_file, merged, "--out");
   };
-  // --sweep: how close every candidate came, where the table keeps only the winner;
+  // --sweep: how close every timed candidate came, where the table keeps only the winner;
   // written before the winner's check, so a refused winner's sweep is kept too.
   nlohmann::json sweep_log = nlohmann::json::array();
   for (const ModelShape& m : opt.models) {
@@ -120,8 +127,8 @@ int run_tune(const TuneOptions& opt) {
                             {"k", m.k},       {"tuned", today()}, {"command", opt.command}};
     std::printf("%s (H=%lld I=%lld E=%lld k=%lld)\n", m.name.c_str(), (long long)m.H, (long long)m.I, (long long)m.E,
                 (long long)m.k);
-    std::printf("%8s %11s %-22s %14s %-22s %8s %11s %12s %s\n", "T", "best ms", "best", "heuristic ms", "heuristic",
-                "speedup", "rel L2 err", "previous ms", "previous (the updated table's)");
+    std::printf("%8s %11s %-22s %14s %-22s %8s %11s %9s %12s %s\n", "T", "best ms", "best", "heuristic ms",
+                "heuristic", "speedup", "rel L2 err", "timed/s", "previous ms", "previous (the updated table's)");
     for (int64_t T : opt.tokens) {
       // Draw 0 is swept and checked; the others join the final rounds.
       std::vector<LayerInputs::Batch> draws;
@@ -147,11 +154,23 @@ int run_tune(const TuneOptions& opt) {
         return sum / kRoutingDraws;
       };
       const std::string what = m.name + " T=" + std::to_string(T);
+      const auto began = std::chrono::steady_clock::now();
+      const size_t planned = opt.exhaustive ? candidates.size()
+                                            : gpu::staged_sweep_bound(candidates, kStagedLeaders, kStagedPasses);
+      size_t done = 0;
+      std::pair<double, gpu::KernelChoice> lead{INFINITY, {}};
+      auto sweep_time = [&](const gpu::KernelChoice& c) {
+        const double ms = time_choice(c, problem);
+        lead = std::min(lead, std::pair{ms, c}, by_time);
+        progress(what, ++done, planned, lead.first, lead.second.describe());
+        return ms;
+      };
       std::vector<std::pair<double, gpu::KernelChoice>> sweep;
-      for (size_t i = 0; i < candidates.size(); ++i) {
-        sweep.emplace_back(time_choice(candidates[i], problem), candidates[i]);
-        const auto& lead = *std::min_element(sweep.begin(), sweep.end(), by_time);
-        progress(what, i + 1, candidates.size(), lead.first, lead.second.describe());
+      if (opt.exhaustive) {
+        for (const gpu::KernelChoice& c : candidates) sweep.emplace_back(sweep_time(c), c);
+      } else {
+        sweep = gpu::staged_sweep(candidates, heuristic, kStagedLeaders, kStagedPasses, sweep_time);
+        if (done < planned) progress(what, done, done, lead.first, lead.second.describe());  // ends the bar's line
       }
       // The sweep takes seconds to minutes, over which the clocks move under the power
       // cap by more than the closest candidates differ (5% between two sweeps of one
@@ -189,9 +208,14 @@ int run_tune(const TuneOptions& opt) {
       const double err = draws[0].relative_error(sample_rows(T, opt.check_rows));
       const bool ok = err <= error_bound(dtype);  // false for NaN
       const std::string previous_ms = before ? format_ms(final_ms_of(*before)) : "-";
-      std::printf("%8lld %11.4f %-22s %14.4f %-22s %7.2fx %11.2e %12s %s%s\n", (long long)T, best_ms,
+      // How many choices the sweep timed, and the bucket's seconds (sweep, final rounds, check).
+      const std::string cost =
+          std::to_string(sweep.size()) + "/" +
+          std::to_string(std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - began).count());
+      std::printf("%8lld %11.4f %-22s %14.4f %-22s %7.2fx %11.2e %9s %12s %s%s\n", (long long)T, best_ms,
                   best.describe().c_str(), heuristic_ms, heuristic.describe().c_str(), heuristic_ms / best_ms, err,
-                  previous_ms.c_str(), before ? before->describe().c_str() : "-", ok ? "" : "  ERROR ABOVE BOUND");
+                  cost.c_str(), previous_ms.c_str(), before ? before->describe().c_str() : "-",
+                  ok ? "" : "  ERROR ABOVE BOUND");
       std::fflush(stdout);
       nlohmann::json bucket = gpu::choice_to_json(best);
       bucket["max_tokens"] = T;
@@ -199,6 +223,7 @@ int run_tune(const TuneOptions& opt) {
       bucket["heuristic_ms"] = heuristic_ms;
       if (before) bucket["previous_ms"] = final_ms_of(*before);
       bucket["candidates"] = candidates.size();
+      bucket["timed"] = sweep.size();
       if (!opt.sweep_file.empty()) {
         nlohmann::json entry = {{"model", m.name}, {"T", T}, {"winner", best.describe()}, {"rel_l2_err", err}};
         entry["sweep"] = nlohmann::json::array();

@@ -1,6 +1,7 @@
-// `tmoe tune`: on this GPU, times every kernel choice the bundle offers
-// (decode and sorted paths, row blocks, tiles) for each model and token count,
-// and writes the fastest per T bucket as a tuned table (configs/<device>.json).
+// `tmoe tune`: on this GPU, times the kernel choices the bundle offers (decode and
+// sorted paths, row blocks, tiles; every pair of tiles with --exhaustive, else a
+// staged search, gpu/tuning.hpp) for each model and token count, and writes the
+// fastest per T bucket as a tuned table (configs/<device>.json).
 #pragma once
 
 #include <cstdint>
@@ -19,6 +20,7 @@ struct TuneOptions {
   std::string command;          // recorded in the table
   std::string sweep_file;       // empty: none; else every candidate's time per model and T (JSON)
   int check_rows = 4;           // rows of the winner's output checked against float64
+  bool exhaustive = false;      // time every pair of tiles, not the staged search
   uint64_t seed = 1;
 };
 

@@ -5,7 +5,7 @@
 # kernel choice, the Python binding and the kernels' JIT test, and `tmoe bench
 # --backend gpu` for each model in $MODELS (default mixtral-8x7b; empty: none). With
 # TUNE=1, first `tmoe tune` for the presets in $TUNE_MODELS (default all; the table
-# lands in the logs as tuned-table.json, every candidate's time as tune-sweep.json,
+# lands in the logs as tuned-table.json, every swept candidate's time as tune-sweep.json,
 # and the table serves the benches through TMOE_TUNING_TABLE).
 # TUNE_FROM=configs/<device>.json starts that table from the committed one, so
 # tuning some models keeps the others' rows (a whole sweep took about 10 minutes on

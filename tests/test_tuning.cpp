@@ -3,7 +3,9 @@
 // this build: each parses and names only variants its target's bundle holds.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdio>
+#include <iterator>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -98,6 +100,80 @@ TEST(TuningTableTest, FinalRoundsTryEachFinalistWithAndWithoutDependentLaunch) {
       << "the table's dependent choice once, its twin among the others";
   const KernelChoice gone = dependent(KernelChoice{GemmPath::sorted, 128, 9, 9});
   EXPECT_EQ(final_round_choices({c}, 1, c, &gone, candidates, true), (V{c, dependent(c)})) << "tiles the bundle lacks";
+}
+
+// Every pair of gate_up_tiles x down_tiles tiles of one (path, block_m).
+std::vector<KernelChoice> pairs(GemmPath path, int block_m, int gate_up_tiles, int down_tiles) {
+  std::vector<KernelChoice> all;
+  for (int g = 0; g < gate_up_tiles; ++g) {
+    for (int d = 0; d < down_tiles; ++d) all.push_back({path, block_m, g, d});
+  }
+  return all;
+}
+
+// tmoe tune's staged sweep on layers whose time is made up: the pair each group's
+// ranks lead to is found, no choice is timed twice, and fewer are timed than
+// exhaustively, within staged_sweep_bound.
+TEST(StagedSweepTest, FindsTheFastestPairOfEachRowBlockTimingEachChoiceOnce) {
+  std::vector<KernelChoice> candidates = pairs(GemmPath::decode, 0, 6, 8);
+  for (int block_m : {16, 64, 128}) {
+    const std::vector<KernelChoice> more = pairs(GemmPath::sorted, block_m, 17, 21);
+    candidates.insert(candidates.end(), more.begin(), more.end());
+  }
+  // A gate_up and a down cost each per tile and row block, the tiles' ranks
+  // permutations of their indices (gate_up t0 ranks 1st, t15 4th; down t0 1st, t5
+  // 5th), plus two pairs that cost less than their tiles: m64 t15/t5, among the
+  // ranks' leaders, and t16/t20, whose tiles rank 11th and 17th.
+  auto layer_ms = [](const KernelChoice& c) {
+    const double gate_up = 2.0 + 0.1 * ((c.gate_up_tile * 7) % 17) + 0.01 * c.block_m;
+    const double down = 1.0 + 0.05 * ((c.down_tile * 5) % 21);
+    double ms = gate_up + down;
+    if (c.block_m == 64 && c.gate_up_tile == 15 && c.down_tile == 5) ms -= 2.0;
+    if (c.block_m == 64 && c.gate_up_tile == 16 && c.down_tile == 20) ms -= 5.0;
+    return ms;
+  };
+  std::vector<KernelChoice> asked;
+  const KernelChoice start{GemmPath::sorted, 64, 0, 9};
+  const auto timed = staged_sweep(candidates, start, 5, 2, [&](const KernelChoice& c) {
+    asked.push_back(c);
+    return layer_ms(c);
+  });
+  ASSERT_EQ(asked.size(), timed.size());
+  for (size_t i = 0; i < timed.size(); ++i) {
+    EXPECT_EQ(timed[i].second, asked[i]);
+    EXPECT_EQ(timed[i].first, layer_ms(asked[i]));
+    EXPECT_NE(std::find(candidates.begin(), candidates.end(), asked[i]), candidates.end()) << asked[i].describe();
+    EXPECT_EQ(std::count(asked.begin(), asked.end(), asked[i]), 1) << asked[i].describe() << " timed twice";
+  }
+  const auto fastest =
+      std::min_element(timed.begin(), timed.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  EXPECT_EQ(fastest->second, (KernelChoice{GemmPath::sorted, 64, 15, 5}));
+  EXPECT_EQ(std::count_if(asked.begin(), asked.end(), [](const KernelChoice& c) { return c.gate_up_tile == 16 &&
+                                                                                          c.down_tile == 20; }),
+            0)
+      << "a pair neither of whose tiles ranks among the leaders is not timed";
+  EXPECT_LE(timed.size(), staged_sweep_bound(candidates, 5, 2));
+  EXPECT_LT(timed.size(), candidates.size() / 3);
+  EXPECT_EQ(staged_sweep_bound(pairs(GemmPath::sorted, 32, 2, 3), 5, 2), 6u) << "never more than every pair";
+  // In the start's group the first pass ranks the gate_up tiles beside its down tile;
+  // other groups start from their first down tile.
+  std::vector<KernelChoice> m64, m16;
+  std::copy_if(asked.begin(), asked.end(), std::back_inserter(m64), [](const KernelChoice& c) { return c.block_m == 64; });
+  std::copy_if(asked.begin(), asked.end(), std::back_inserter(m16), [](const KernelChoice& c) { return c.block_m == 16; });
+  for (int g = 0; g < 17; ++g) {
+    EXPECT_EQ(m64[g], (KernelChoice{GemmPath::sorted, 64, g, 9}));
+    EXPECT_EQ(m16[g], (KernelChoice{GemmPath::sorted, 16, g, 0}));
+  }
+}
+
+// With as many leaders as tiles, every pair is timed: the exhaustive sweep.
+TEST(StagedSweepTest, LeadersCoveringEveryTileTimeEveryPair) {
+  const std::vector<KernelChoice> candidates = pairs(GemmPath::sorted, 128, 4, 3);
+  const auto timed = staged_sweep(candidates, candidates.front(), 8, 1, [](const KernelChoice& c) {
+    return 1.0 + c.gate_up_tile + 0.5 * c.down_tile;
+  });
+  EXPECT_EQ(timed.size(), candidates.size());
+  EXPECT_EQ(staged_sweep_bound(candidates, 8, 1), candidates.size());
 }
 
 TEST(TuningTableTest, DamagedTablesAreRejectedNamingTheProblem) {

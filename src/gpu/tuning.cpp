@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <sstream>
 
 namespace tmoe::gpu {
@@ -53,6 +54,28 @@ KernelChoice parse_choice(const json& j, const std::string& where) {
   return c;
 }
 
+// The tiles of one (path, block_m) among a sweep's candidates, in their order there.
+struct ChoiceGroup {
+  GemmPath path;
+  int block_m;
+  std::vector<int> gate_up_tiles, down_tiles;
+};
+
+std::vector<ChoiceGroup> groups_of(const std::vector<KernelChoice>& candidates) {
+  std::vector<ChoiceGroup> groups;
+  auto add_once = [](std::vector<int>& tiles, int tile) {
+    if (std::find(tiles.begin(), tiles.end(), tile) == tiles.end()) tiles.push_back(tile);
+  };
+  for (const KernelChoice& c : candidates) {
+    auto group = std::find_if(groups.begin(), groups.end(),
+                              [&](const ChoiceGroup& g) { return g.path == c.path && g.block_m == c.block_m; });
+    if (group == groups.end()) group = groups.insert(groups.end(), ChoiceGroup{c.path, c.block_m, {}, {}});
+    add_once(group->gate_up_tiles, c.gate_up_tile);
+    add_once(group->down_tiles, c.down_tile);
+  }
+  return groups;
+}
+
 }  // namespace
 
 json choice_to_json(const KernelChoice& c) {
@@ -63,6 +86,61 @@ json choice_to_json(const KernelChoice& c) {
   j["down_tile"] = c.down_tile;
   j["dependent_launch"] = c.dependent_launch;
   return j;
+}
+
+std::vector<std::pair<double, KernelChoice>> staged_sweep(const std::vector<KernelChoice>& candidates,
+                                                          const KernelChoice& start, size_t leaders, int passes,
+                                                          const std::function<double(const KernelChoice&)>& time) {
+  std::vector<std::pair<double, KernelChoice>> timed;
+  // A candidate's time, measured the first time it is asked for; none for a pair the
+  // candidates lack.
+  auto time_of = [&](const KernelChoice& c) -> std::optional<double> {
+    if (std::find(candidates.begin(), candidates.end(), c) == candidates.end()) return std::nullopt;
+    const auto seen = std::find_if(timed.begin(), timed.end(), [&](const auto& t) { return t.second == c; });
+    if (seen != timed.end()) return seen->first;
+    timed.emplace_back(time(c), c);
+    return timed.back().first;
+  };
+  for (const ChoiceGroup& g : groups_of(candidates)) {
+    auto choice = [&](int gate_up_tile, int down_tile) {
+      return KernelChoice{g.path, g.block_m, gate_up_tile, down_tile};
+    };
+    // `tiles`, fastest first, each timed in the pair pair_of(tile).
+    auto ranked = [&](const std::vector<int>& tiles, const auto& pair_of) {
+      std::vector<std::pair<double, int>> times;
+      for (int tile : tiles) {
+        if (const std::optional<double> ms = time_of(pair_of(tile))) times.emplace_back(*ms, tile);
+      }
+      std::stable_sort(times.begin(), times.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+      std::vector<int> order;
+      for (const auto& [ms, tile] : times) order.push_back(tile);
+      return order;
+    };
+    const bool starts_here = start.path == g.path && start.block_m == g.block_m &&
+                             std::find(g.down_tiles.begin(), g.down_tiles.end(), start.down_tile) != g.down_tiles.end();
+    std::vector<int> down_order{starts_here ? start.down_tile : g.down_tiles.front()};
+    std::vector<int> gate_up_order;
+    for (int pass = 0; pass < passes && !down_order.empty(); ++pass) {
+      gate_up_order = ranked(g.gate_up_tiles, [&](int tile) { return choice(tile, down_order.front()); });
+      if (gate_up_order.empty()) break;
+      down_order = ranked(g.down_tiles, [&](int tile) { return choice(gate_up_order.front(), tile); });
+    }
+    for (size_t i = 0; i < std::min(leaders, gate_up_order.size()); ++i) {
+      for (size_t j = 0; j < std::min(leaders, down_order.size()); ++j) time_of(choice(gate_up_order[i], down_order[j]));
+    }
+  }
+  return timed;
+}
+
+size_t staged_sweep_bound(const std::vector<KernelChoice>& candidates, size_t leaders, int passes) {
+  size_t bound = 0;
+  for (const ChoiceGroup& g : groups_of(candidates)) {
+    const size_t pairs = g.gate_up_tiles.size() * g.down_tiles.size();
+    const size_t staged = static_cast<size_t>(std::max(passes, 0)) * (g.gate_up_tiles.size() + g.down_tiles.size()) +
+                          std::min(leaders, g.gate_up_tiles.size()) * std::min(leaders, g.down_tiles.size());
+    bound += std::min(pairs, staged);
+  }
+  return bound;
 }
 
 std::vector<KernelChoice> final_round_choices(const std::vector<KernelChoice>& swept, size_t leaders,

@@ -4,10 +4,12 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <nlohmann/json_fwd.hpp>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "core/status.hpp"
@@ -86,6 +88,21 @@ Status tuning_table_for(const std::string& device_name, const std::string& targe
 // max_tokens. A table of another device or target is refused: one file must not mix
 // cards.
 Status merge_tuning_table(std::string_view existing, const std::string& origin, nlohmann::json* fresh);
+
+// `tmoe tune`'s sweep unless --exhaustive (docs/tuning.md). A layer's time is nearly its
+// gate_up's plus its down's, so within each (path, block_m) of `candidates` it ranks
+// the gate_up tiles beside one down tile (`start`'s where `start` is in that group,
+// else the group's first), then the down tiles beside the fastest gate_up, `passes`
+// times, and then times each pair of the last ranks' `leaders` fastest. Replayed on
+// the 107 exhaustive sweeps in bench/results with 2 passes and 5 leaders, from any
+// start tile, it timed 132-136 of 405 pairs and came within 1% of the sweep's fastest
+// in 103 buckets (performance-log.md #87). `time` runs once per choice timed; returns
+// each with its time, in the order timed.
+std::vector<std::pair<double, KernelChoice>> staged_sweep(const std::vector<KernelChoice>& candidates,
+                                                          const KernelChoice& start, size_t leaders, int passes,
+                                                          const std::function<double(const KernelChoice&)>& time);
+// The most choices staged_sweep times with these arguments (a progress bar's length).
+size_t staged_sweep_bound(const std::vector<KernelChoice>& candidates, size_t leaders, int passes);
 
 // `tmoe tune`'s final rounds: the choices timed again after the sweep. The sweep's
 // `leaders` fastest (`swept` in increasing time), the fastest of each path (the
