@@ -8,10 +8,10 @@
 # lands in the logs as tuned-table.json, every swept candidate's time as tune-sweep.json,
 # and the table serves the benches through TMOE_TUNING_TABLE).
 # TUNE_FROM=configs/<device>.json starts that table from the committed one, so
-# tuning some models keeps the others' rows (a whole sweep took about 10 minutes on
-# an H100 before the GROUP_BY_EXPERT, FLATTEN and FOLD_TAIL tiles, which took an m128 bucket
-# from about 195 candidates to 405: on an H200, deepseek-v3 and gpt-oss-120b T = 1024-8192 no
-# longer fit one call's 400 s, performance-log.md #79, #82, #84; give each call a few models and T).
+# tuning some models keeps the others' rows (tune's staged sweep, performance-log.md #87,
+# took 5-37 s a bucket on an H200: the four presets at T = 512, 2048, 8192 in one call's
+# 440 s, at 1024 and 4096 in a second; with --exhaustive, 405 pairs a bucket, deepseek-v3
+# T >= 2048 alone took about 100 s a bucket; give each call a few models and T).
 # SKIP names steps to leave out (e.g. SKIP="tests memcheck python"). Logs go to
 # ./gpu-check-out and, packed as gpu-check-logs.tar.gz, to $OUT when the device
 # tool sets it.
