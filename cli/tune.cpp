@@ -90,9 +90,10 @@ int run_tune(const TuneOptions& opt) {
   table["dtype"] = "bf16";
   table["timing"] =
       std::string("median of CUDA-graph replays of the whole layer from router logits; ") +
-      (opt.exhaustive ? "every pair of tiles swept; "
+      (opt.exhaustive ? std::string("every pair of tiles swept; ")
                       : "a staged sweep (per row block: gate_up tiles beside one down tile, then down tiles beside the "
-                        "fastest gate_up, twice, then every pair of the 5 fastest of each); ") +
+                        "fastest gate_up, " + std::to_string(kStagedPasses) + " passes, then every pair of the " +
+                            std::to_string(kStagedLeaders) + " fastest of each); ") +
       "the sweep's 3 fastest, the fastest of each path, the heuristic and the updated table's choice, each with and "
       "without dependent launch where the target offers it, timed again in 5 alternating rounds on 3 routing draws "
       "each, the median round's mean over the draws decides";
