@@ -16,8 +16,8 @@ import triton
 import triton.language as tl
 
 from kernels.dependent_launch import wait_for_previous_kernel
-from kernels.grouped_gemm import (fits_half, folded_tail, padded_blocks, program_tile, tile_place, tile_slots,
-                                  walked_blocks)
+from kernels.grouped_gemm import (FOLDS_NEXT, FULL_BLOCK, HALF_BLOCK, padded_blocks, program_tile, tail_plan, tile_place,
+                                  tile_slots, walked_blocks)
 from kernels.row_tiles import row_and_columns
 
 
@@ -95,7 +95,7 @@ def persistent_tiles(h, w2, y, sorted_slots, block_expert, topk_weights, expert_
     block whose slots fit in its first BLOCK_M / 2 rows (an expert's last block:
     the slots of a block are a prefix) multiplies only those rows; with FOLD_TAIL the
     block before such a block takes its rows as a tail of its own tile
-    (grouped_gemm.folded_tail), from the same weight tiles. With FLATTEN
+    (grouped_gemm.tail_plan), from the same weight tiles. With FLATTEN
     (grouped_gemm.walked_blocks) Triton fuses the tile and K loops into one pipelined
     loop."""
     num_n_blocks = tl.cdiv(H, BLOCK_N)
@@ -105,7 +105,7 @@ def persistent_tiles(h, w2, y, sorted_slots, block_expert, topk_weights, expert_
         pid_m, pid_n, expert = tile_place(tile, m_blocks, num_n_blocks, block_expert, expert_offsets, True, BLOCK_M,
                                           GROUP_M, GROUP_BY_EXPERT)
         if FLATTEN:  # every walked block is an expert's: no branch to keep the loops apart
-            rows_tile(h_desc, h_desc, w_desc, y, sorted_slots, topk_weights, pid_m * BLOCK_M, expert, pid_n, num_slots,
+            rows_tile(h_desc, None, w_desc, y, sorted_slots, topk_weights, pid_m * BLOCK_M, expert, pid_n, num_slots,
                       top_k, H, I, y_rows_per_token, y_first_row, BLOCK_M, BLOCK_N, BLOCK_K, 0)
         elif expert >= 0:
             half_or_full_tile(h_desc, h_half_desc, w_desc, y, sorted_slots, block_expert, topk_weights, pid_m, expert,
@@ -136,8 +136,7 @@ def padded_tiles(h, w2, y, block_expert, expert_offsets, H, I, E, num_m_blocks, 
                          warp_specialize=WARP_SPECIALIZE):
         pid_m, pid_n, expert = tile_place(tile, m_blocks, num_n_blocks, block_expert, expert_offsets, True, BLOCK_M,
                                           GROUP_M, GROUP_BY_EXPERT)
-        acc = expert_rows_product(h_desc, h_desc, w_desc, pid_m * BLOCK_M, expert, pid_n, I, BLOCK_M, BLOCK_N, BLOCK_K,
-                                  0)
+        acc = expert_rows_product(h_desc, None, w_desc, pid_m * BLOCK_M, expert, pid_n, I, BLOCK_M, BLOCK_N, BLOCK_K, 0)
         y_desc.store([pid_m * BLOCK_M, pid_n * BLOCK_N], acc.to(y.dtype.element_ty))
 
 
@@ -161,27 +160,20 @@ def routed_descriptors(h, w2, E, H, I, num_m_blocks, BLOCK_M: tl.constexpr, BLOC
 def half_or_full_tile(h_desc, h_half_desc, w_desc, y, sorted_slots, block_expert, topk_weights, pid_m, expert, pid_n,
                       num_slots, num_m_blocks, top_k, H, I, y_rows_per_token, y_first_row, BLOCK_M: tl.constexpr,
                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, HALF_TAIL: tl.constexpr, FOLD_TAIL: tl.constexpr):
-    """Block pid_m's tile, with HALF_TAIL only its first BLOCK_M / 2 rows where its slots fit
-    there; with FOLD_TAIL also the next block's rows where grouped_gemm.folded_tail says so,
-    and nothing where the block before takes this one's."""
+    """Block pid_m's rows as grouped_gemm.tail_plan says (half-height rows through h_half_desc)."""
     if HALF_TAIL:  # a constexpr test of its own: without it no half-height code is compiled
-        takes_next = False
-        taken = False
-        if FOLD_TAIL:
-            takes_next, taken = folded_tail(sorted_slots, block_expert, pid_m, expert, num_slots, num_m_blocks, BLOCK_M)
-        if takes_next:
+        plan = tail_plan(sorted_slots, block_expert, pid_m, expert, num_slots, num_m_blocks, BLOCK_M, FOLD_TAIL)
+        if plan == FOLDS_NEXT:
             rows_tile(h_desc, h_half_desc, w_desc, y, sorted_slots, topk_weights, pid_m * BLOCK_M, expert, pid_n,
                       num_slots, top_k, H, I, y_rows_per_token, y_first_row, BLOCK_M, BLOCK_N, BLOCK_K, BLOCK_M // 2)
-        elif taken:
-            pass
-        elif fits_half(sorted_slots, pid_m, num_slots, BLOCK_M):
-            rows_tile(h_half_desc, h_half_desc, w_desc, y, sorted_slots, topk_weights, pid_m * BLOCK_M, expert, pid_n,
+        elif plan == HALF_BLOCK:
+            rows_tile(h_half_desc, None, w_desc, y, sorted_slots, topk_weights, pid_m * BLOCK_M, expert, pid_n,
                       num_slots, top_k, H, I, y_rows_per_token, y_first_row, BLOCK_M // 2, BLOCK_N, BLOCK_K, 0)
-        else:
-            rows_tile(h_desc, h_half_desc, w_desc, y, sorted_slots, topk_weights, pid_m * BLOCK_M, expert, pid_n,
-                      num_slots, top_k, H, I, y_rows_per_token, y_first_row, BLOCK_M, BLOCK_N, BLOCK_K, 0)
+        elif plan == FULL_BLOCK:
+            rows_tile(h_desc, None, w_desc, y, sorted_slots, topk_weights, pid_m * BLOCK_M, expert, pid_n, num_slots,
+                      top_k, H, I, y_rows_per_token, y_first_row, BLOCK_M, BLOCK_N, BLOCK_K, 0)
     else:
-        rows_tile(h_desc, h_desc, w_desc, y, sorted_slots, topk_weights, pid_m * BLOCK_M, expert, pid_n, num_slots,
+        rows_tile(h_desc, None, w_desc, y, sorted_slots, topk_weights, pid_m * BLOCK_M, expert, pid_n, num_slots,
                   top_k, H, I, y_rows_per_token, y_first_row, BLOCK_M, BLOCK_N, BLOCK_K, 0)
 
 
@@ -191,7 +183,8 @@ def rows_tile(h_desc, h_tail_desc, w_desc, y, sorted_slots, topk_weights, first_
               TAIL_ROWS: tl.constexpr):
     """ROWS rows of h from padded position first_row, times w2[expert]'s BLOCK_N block pid_n, into
     y; and TAIL_ROWS more rows from first_row + ROWS (FOLD_TAIL's next block, through
-    h_tail_desc; 0: none) in an accumulator of their own, from the same weight tiles."""
+    h_tail_desc; 0: none, h_tail_desc None) in an accumulator of their own, from the
+    same weight tiles."""
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     if TAIL_ROWS:
         acc, tail_acc = expert_rows_product(h_desc, h_tail_desc, w_desc, first_row, expert, pid_n, I, ROWS, BLOCK_N,
@@ -199,7 +192,7 @@ def rows_tile(h_desc, h_tail_desc, w_desc, y, sorted_slots, topk_weights, first_
         store_block_rows(y, tail_acc, topk_weights, sorted_slots, first_row + ROWS, cols, num_slots, top_k, H,
                          y_rows_per_token, y_first_row, TAIL_ROWS)
     else:
-        acc = expert_rows_product(h_desc, h_tail_desc, w_desc, first_row, expert, pid_n, I, ROWS, BLOCK_N, BLOCK_K, 0)
+        acc = expert_rows_product(h_desc, None, w_desc, first_row, expert, pid_n, I, ROWS, BLOCK_N, BLOCK_K, 0)
     store_block_rows(y, acc, topk_weights, sorted_slots, first_row, cols, num_slots, top_k, H, y_rows_per_token,
                      y_first_row, ROWS)
 

@@ -11,7 +11,8 @@ import triton
 import triton.language as tl
 
 from kernels.dependent_launch import wait_for_previous_kernel
-from kernels.grouped_gemm import fits_half, folded_tail, program_tile, tile_place, tile_slots, walked_blocks
+from kernels.grouped_gemm import (FOLDS_NEXT, FULL_BLOCK, HALF_BLOCK, program_tile, tail_plan, tile_place, tile_slots,
+                                  walked_blocks)
 
 
 @triton.jit
@@ -160,25 +161,18 @@ def joined_weights(w13, E, H, I, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
 def half_or_full_tile(x, w_desc, h, sorted_slots, block_expert, pid_m, expert, pid_n, num_slots, num_m_blocks, top_k,
                       H, I, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                       HALF_TAIL: tl.constexpr, FOLD_TAIL: tl.constexpr):
-    """Block pid_m's tile, with HALF_TAIL only its first BLOCK_M / 2 rows where its slots fit
-    there; with FOLD_TAIL also the next block's rows where grouped_gemm.folded_tail says so,
-    and nothing where the block before takes this one's."""
+    """Block pid_m's rows as grouped_gemm.tail_plan says."""
     if HALF_TAIL:  # a constexpr test of its own: without it no half-height code is compiled
-        takes_next = False
-        taken = False
-        if FOLD_TAIL:
-            takes_next, taken = folded_tail(sorted_slots, block_expert, pid_m, expert, num_slots, num_m_blocks, BLOCK_M)
-        if takes_next:
-            joined_rows_tile(x, w_desc, h, sorted_slots, pid_m * BLOCK_M, expert, pid_n, num_slots, top_k, H, I,
-                             BLOCK_M, BLOCK_N, BLOCK_K, BLOCK_M // 2)
-        elif taken:
-            pass
-        elif fits_half(sorted_slots, pid_m, num_slots, BLOCK_M):
+        plan = tail_plan(sorted_slots, block_expert, pid_m, expert, num_slots, num_m_blocks, BLOCK_M, FOLD_TAIL)
+        if plan == FOLDS_NEXT:
+            joined_rows_tile(x, w_desc, h, sorted_slots, pid_m * BLOCK_M, expert, pid_n, num_slots, top_k, H, I, BLOCK_M,
+                             BLOCK_N, BLOCK_K, BLOCK_M // 2)
+        elif plan == HALF_BLOCK:
             joined_rows_tile(x, w_desc, h, sorted_slots, pid_m * BLOCK_M, expert, pid_n, num_slots, top_k, H, I,
                              BLOCK_M // 2, BLOCK_N, BLOCK_K, 0)
-        else:
-            joined_rows_tile(x, w_desc, h, sorted_slots, pid_m * BLOCK_M, expert, pid_n, num_slots, top_k, H, I,
-                             BLOCK_M, BLOCK_N, BLOCK_K, 0)
+        elif plan == FULL_BLOCK:
+            joined_rows_tile(x, w_desc, h, sorted_slots, pid_m * BLOCK_M, expert, pid_n, num_slots, top_k, H, I, BLOCK_M,
+                             BLOCK_N, BLOCK_K, 0)
     else:
         joined_rows_tile(x, w_desc, h, sorted_slots, pid_m * BLOCK_M, expert, pid_n, num_slots, top_k, H, I, BLOCK_M,
                          BLOCK_N, BLOCK_K, 0)

@@ -134,17 +134,28 @@ def fits_half(sorted_slots, pid_m, num_slots, BLOCK_M: tl.constexpr):
     return tl.sum(has_slot.to(tl.int32)) <= BLOCK_M // 2
 
 
+# What a HALF_TAIL tile does with its block (tail_plan).
+FULL_BLOCK = tl.constexpr(0)  # all BLOCK_M rows
+HALF_BLOCK = tl.constexpr(1)  # its first BLOCK_M / 2 rows, where its slots all are
+FOLDS_NEXT = tl.constexpr(2)  # FOLD_TAIL: all its rows, and the next block's first BLOCK_M / 2
+FOLDED = tl.constexpr(3)      # FOLD_TAIL: nothing, the block before multiplies its rows
+
+
 @triton.jit
-def folded_tail(sorted_slots, block_expert, pid_m, expert, num_slots, num_m_blocks, BLOCK_M: tl.constexpr):
-    """For FOLD_TAIL: (whether block pid_m also multiplies the next block's first
-    BLOCK_M / 2 rows, that block being its expert's last and its slots fitting there;
-    whether block pid_m is such a block, left to the one before it). Then the weight
-    tiles stream once for an expert a few rows past a multiple of BLOCK_M, where a tail
-    block of its own reads them all again through L2 (mixtral-8x7b T = 512 on an H100:
-    gate_up bound by L2, performance-log.md #76)."""
-    next_m = tl.minimum(pid_m + 1, num_m_blocks - 1)
-    next_expert = tl.where(pid_m + 1 < num_m_blocks, tl.load(block_expert + next_m), -1)
-    previous_expert = tl.where(pid_m > 0, tl.load(block_expert + tl.maximum(pid_m - 1, 0)), -1)
-    takes_next = (next_expert == expert) & fits_half(sorted_slots, next_m, num_slots, BLOCK_M)
-    taken = (previous_expert == expert) & fits_half(sorted_slots, pid_m, num_slots, BLOCK_M)
-    return takes_next, taken
+def tail_plan(sorted_slots, block_expert, pid_m, expert, num_slots, num_m_blocks, BLOCK_M: tl.constexpr,
+              FOLD_TAIL: tl.constexpr):
+    """For a HALF_TAIL tile: HALF_BLOCK, FOLDS_NEXT, FOLDED or FULL_BLOCK for block pid_m.
+    FOLD_TAIL folds an expert's last block, where its slots fit in BLOCK_M / 2 rows, into
+    the block before: then the weight tiles stream once for an expert a few rows past a
+    multiple of BLOCK_M, where a tail block of its own reads them all again through L2
+    (mixtral-8x7b T = 512 on an H100: gate_up bound by L2, performance-log.md #76)."""
+    half = fits_half(sorted_slots, pid_m, num_slots, BLOCK_M)
+    plan = tl.where(half, HALF_BLOCK, FULL_BLOCK)
+    if FOLD_TAIL:
+        next_m = tl.minimum(pid_m + 1, num_m_blocks - 1)
+        next_expert = tl.where(pid_m + 1 < num_m_blocks, tl.load(block_expert + next_m), -1)
+        previous_expert = tl.where(pid_m > 0, tl.load(block_expert + tl.maximum(pid_m - 1, 0)), -1)
+        takes_next = (next_expert == expert) & fits_half(sorted_slots, next_m, num_slots, BLOCK_M)
+        taken = (previous_expert == expert) & half
+        plan = tl.where(takes_next, FOLDS_NEXT, tl.where(taken, FOLDED, plan))
+    return plan

@@ -214,7 +214,7 @@ DOWN_TILES[64] += ({"cuda:90": (128, 128, 4, 4, FLAT_PERSISTENT), "cuda": (128, 
 
 # gate_up m128 t16 is t11 and down m128 t19, t20 are t10 and t14 with FOLD_TAIL: an expert's
 # last block of at most 64 slots is multiplied by the block before it, from the same
-# weight tiles (kernels/grouped_gemm.folded_tail; on an H200 alone, mixtral-8x7b T = 512
+# weight tiles (kernels/grouped_gemm.tail_plan; on an H200 alone, mixtral-8x7b T = 512
 # down -14%, gate_up -1.6%, T = 2048 down -3.4%; the persistent down t8 folded ran 40%
 # slower; performance-log.md #84).
 FOLD_TAIL = dict(FOLD_TAIL=True)
@@ -316,7 +316,7 @@ def tile_configs(per_backend, constexprs):
         # Only persistent_tiles reads FLATTEN (kernels/grouped_gemm.walked_blocks): elsewhere it would be ignored.
         if c.get("FLATTEN") and (not c.get("PERSISTENT") or c.get("PADDED_Y")):
             raise ValueError(f"FLATTEN needs a persistent tile without PADDED_Y: {c}")
-        # FOLD_TAIL picks among HALF_TAIL's paths (kernels/grouped_gemm.folded_tail): alone it would be ignored.
+        # FOLD_TAIL picks among HALF_TAIL's paths (kernels/grouped_gemm.tail_plan): alone it would be ignored.
         if c.get("FOLD_TAIL") and not c.get("HALF_TAIL"):
             raise ValueError(f"FOLD_TAIL needs a HALF_TAIL tile: {c}")
     return configs
