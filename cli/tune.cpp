@@ -94,9 +94,11 @@ int run_tune(const TuneOptions& opt) {
                       : "a staged sweep (per row block: gate_up tiles beside one down tile, then down tiles beside the "
                         "fastest gate_up, " + std::to_string(kStagedPasses) + " passes, then every pair of the " +
                             std::to_string(kStagedLeaders) + " fastest of each); ") +
-      "the sweep's 3 fastest, the fastest of each path, the heuristic and the updated table's choice, each with and "
-      "without dependent launch where the target offers it, timed again in 5 alternating rounds on 3 routing draws "
-      "each, the median round's mean over the draws decides";
+      "the sweep's " + std::to_string(kFinalists) +
+      " fastest, the fastest of each path, the heuristic and the updated table's choice, each with and without "
+      "dependent launch where the target offers it, timed again in " + std::to_string(kFinalRounds) +
+      " alternating rounds on " + std::to_string(kRoutingDraws) +
+      " routing draws each, the median round's mean over the draws decides";
   // An existing table of this device keeps the shapes this run does not tune
   // (checked now, before minutes of sweeping, and merged at every write), and its
   // choice for each T re-tuned runs in the final rounds: a winner must beat it in
